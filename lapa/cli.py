@@ -1,0 +1,97 @@
+"""The ``lapa`` command: one subcommand per pipeline stage.
+
+Every subcommand takes its inputs and outputs as explicit paths plus the experiment config
+(``--config NAME_OR_YAML`` and trailing ``key=value`` overrides), so a Snakemake rule is one
+command line. Stage modules register their subcommands in ``lapa/<stage>/commands.py``; they
+keep heavy imports (torch, simulator) inside their run functions so ``--help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+COMMAND_MODULES = [
+    "lapa.sim.commands",
+    "lapa.data.commands",
+    "lapa.laq.commands",
+    "lapa.foundation.commands",
+    "lapa.finetune.commands",
+    "lapa.policy.commands",
+    "lapa.evaluation.commands",
+    "lapa.workflow_commands",
+]
+
+
+def add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    """The experiment config options every stage command shares."""
+    parser.add_argument(
+        "-c",
+        "--config",
+        default="default",
+        help="experiment name from configs/experiment/ or a path to an experiment YAML (default: default)",
+    )
+    parser.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="key=value",
+        help="config overrides, e.g. laq.quantizer.vocab_size=16",
+    )
+
+
+def load_config_from_args(args: argparse.Namespace):
+    from lapa.config import load_config
+
+    return load_config(args.config, list(args.overrides or []))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="lapa",
+        description=(
+            "LAPA: latent action pretraining from videos. Stages: rollouts/shards (data), "
+            "train-laq and label (latent actions), train-foundation (VLA pretraining), action-stats "
+            "and finetune (robot actions), eval-offline / eval-sim / serve / export (the policy)."
+        ),
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name == name:
+                continue
+            raise
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    if not getattr(args, "func", None):
+        parser.print_help()
+        sys.exit(2)
+    from lapa.config import ConfigError
+
+    try:
+        result = args.func(args)
+    except ConfigError as exc:
+        print(f"lapa {args.command}: config error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"lapa {args.command}: error: {exc}", file=sys.stderr)
+        sys.exit(1)
+    if isinstance(result, int):
+        sys.exit(result)
+
+
+if __name__ == "__main__":
+    main()

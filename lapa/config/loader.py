@@ -1,0 +1,141 @@
+"""Compose an experiment from YAML fragments with OmegaConf, typed by dataclasses.
+
+An experiment file names fragments in a ``defaults:`` list (paths relative to the configs
+root, without ``.yaml``, e.g. ``model/laq_tiny``); fragments are merged in order, then the
+experiment's own keys, then ``key=value`` overrides. Every fragment is rooted at the top of
+the experiment tree. A misspelt key or a wrong type fails at once, naming the key and file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from lapa.config.schema import ExperimentConfig
+
+
+class ConfigError(ValueError):
+    """A configuration problem, with the key and file it came from."""
+
+
+def default_configs_root() -> Path:
+    """Where ``configs/`` lives: $LAPA_CONFIGS, ./configs, or beside the installed package."""
+    env = os.environ.get("LAPA_CONFIGS")
+    if env:
+        return Path(env)
+    cwd = Path.cwd() / "configs"
+    if cwd.is_dir():
+        return cwd
+    return Path(__file__).resolve().parents[2] / "configs"
+
+
+def resolve_experiment_path(experiment: str | os.PathLike, configs_root: Path | None = None) -> Path:
+    """Accept a path to a YAML file or a bare experiment name from ``configs/experiment/``."""
+    candidate = Path(experiment)
+    if candidate.suffix in (".yaml", ".yml"):
+        if not candidate.is_file():
+            raise ConfigError(f"experiment config file not found: {candidate}")
+        return candidate
+    root = configs_root or default_configs_root()
+    path = root / "experiment" / f"{experiment}.yaml"
+    if not path.is_file():
+        names = sorted(p.stem for p in (root / "experiment").glob("*.yaml"))
+        raise ConfigError(f"unknown experiment {experiment!r}: no {path} (available: {', '.join(names)})")
+    return path
+
+
+def _configs_root_for(path: Path) -> Path:
+    # configs/experiment/x.yaml -> configs/
+    if path.parent.name == "experiment":
+        return path.parent.parent
+    return default_configs_root()
+
+
+def _load_yaml(path: Path) -> DictConfig:
+    try:
+        node = OmegaConf.load(path)
+    except Exception as exc:  # yaml parse errors carry line numbers
+        raise ConfigError(f"cannot parse {path}: {exc}") from exc
+    if not isinstance(node, DictConfig):
+        raise ConfigError(f"{path} must hold a mapping at its top level")
+    return node
+
+
+def _merge_checked(base: DictConfig, fragment: DictConfig, source: str) -> DictConfig:
+    try:
+        return OmegaConf.merge(base, fragment)
+    except OmegaConfBaseException as exc:
+        key = getattr(exc, "full_key", None) or "?"
+        raise ConfigError(f"{source}: invalid key or value '{key}': {exc.msg if hasattr(exc, 'msg') else exc}") from exc
+
+
+def _collect(path: Path, root: Path, seen: tuple[Path, ...] = ()) -> list[tuple[str, DictConfig]]:
+    """Fragments of ``path`` in merge order (its defaults first, recursively, then itself)."""
+    if path in seen:
+        raise ConfigError(f"defaults cycle: {' -> '.join(str(p) for p in (*seen, path))}")
+    node = _load_yaml(path)
+    out: list[tuple[str, DictConfig]] = []
+    defaults = node.pop("defaults", None) if "defaults" in node else None
+    if defaults is not None:
+        if not isinstance(defaults, ListConfig):
+            raise ConfigError(f"{path}: 'defaults' must be a list of fragment names")
+        for entry in defaults:
+            if not isinstance(entry, str):
+                raise ConfigError(f"{path}: defaults entry {entry!r} must be a string like 'model/laq_tiny'")
+            frag = root / f"{entry}.yaml"
+            if not frag.is_file():
+                raise ConfigError(f"{path}: defaults entry {entry!r} not found at {frag}")
+            out.extend(_collect(frag, root, (*seen, path)))
+    out.append((str(path), node))
+    return out
+
+
+def load_config(
+    experiment: str | os.PathLike = "default",
+    overrides: list[str] | None = None,
+    configs_root: Path | None = None,
+) -> ExperimentConfig:
+    """Compose, validate and return the experiment as a typed (structured) config."""
+    path = resolve_experiment_path(experiment, configs_root)
+    root = configs_root or _configs_root_for(path)
+    cfg = OmegaConf.structured(ExperimentConfig)
+    OmegaConf.set_struct(cfg, True)
+    for source, fragment in _collect(path, root):
+        cfg = _merge_checked(cfg, fragment, source)
+    if overrides:
+        for item in overrides:
+            if "=" not in item:
+                raise ConfigError(f"override {item!r} must look like key=value")
+            try:
+                dot = OmegaConf.from_dotlist([item])
+            except Exception as exc:
+                raise ConfigError(f"cannot parse override {item!r}: {exc}") from exc
+            cfg = _merge_checked(cfg, dot, f"command-line override {item!r}")
+    try:
+        OmegaConf.resolve(cfg)
+    except OmegaConfBaseException as exc:
+        raise ConfigError(f"{path}: cannot resolve interpolation: {exc}") from exc
+    return cfg  # a DictConfig typed by ExperimentConfig; attribute access is checked
+
+
+def to_container(cfg: Any) -> dict:
+    return OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
+
+
+def section_fingerprint(cfg: DictConfig, *keys: str) -> str:
+    """A short stable hash of the named sections, for cache keys and Snakemake params."""
+    payload = {k: OmegaConf.to_container(OmegaConf.select(cfg, k), resolve=True) for k in keys}
+    blob = json.dumps(payload, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def save_config(cfg: DictConfig, path: str | os.PathLike) -> None:
+    from lapa.utils.io import atomic_write_text
+
+    atomic_write_text(path, OmegaConf.to_yaml(cfg, resolve=True))

@@ -1,0 +1,26 @@
+"""The root experiment configuration: one typed tree for every stage."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from lapa.config.cluster import ClusterConfig, EvalConfig, LoggingConfig
+from lapa.data.config import DataConfig
+from lapa.finetune.config import FinetuneConfig
+from lapa.foundation.config import FoundationConfig
+from lapa.laq.config import LAQConfig
+from lapa.sim.config import SimConfig
+
+
+@dataclass
+class ExperimentConfig:
+    name: str = "default"
+    seed: int = 42
+    data: DataConfig = field(default_factory=DataConfig)
+    sim: SimConfig = field(default_factory=SimConfig)
+    laq: LAQConfig = field(default_factory=LAQConfig)
+    foundation: FoundationConfig = field(default_factory=FoundationConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    evaluation: EvalConfig = field(default_factory=EvalConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)

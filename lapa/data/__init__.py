@@ -1,0 +1,1 @@
+"""Stage 0: sources (videos, image folders, LeRobot datasets, simulator rollouts) into shards, and loaders."""

@@ -1,0 +1,1 @@
+"""Offline and closed-loop evaluation, and the results tables."""

@@ -1,0 +1,1 @@
+"""The deployable policy: a self-contained directory, Python API, HTTP server and export."""

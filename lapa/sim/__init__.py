@@ -1,0 +1,1 @@
+"""Meta-World rollouts (scripted experts) and closed-loop policy evaluation."""
