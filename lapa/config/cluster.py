@@ -35,3 +35,11 @@ class EvalConfig:
     episodes_per_task: int | None = None  # None: sim.eval_episodes_per_task
     plot_episodes: int = 3
     confidence: float = 0.95
+
+
+@dataclass
+class WorkflowConfig:
+    """What ``rule all`` builds for an experiment."""
+
+    arms: list[str] = field(default_factory=lambda: ["lapa"])  # lapa | scratch | action_pretrained
+    eval_sim: bool = True  # closed-loop evaluation in the simulator (needs the 'sim' extra)

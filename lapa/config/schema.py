@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from lapa.config.cluster import ClusterConfig, EvalConfig, LoggingConfig
+from lapa.config.cluster import ClusterConfig, EvalConfig, LoggingConfig, WorkflowConfig
 from lapa.data.config import DataConfig
 from lapa.finetune.config import FinetuneConfig
 from lapa.foundation.config import FoundationConfig
@@ -24,3 +24,4 @@ class ExperimentConfig:
     evaluation: EvalConfig = field(default_factory=EvalConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    workflow: WorkflowConfig = field(default_factory=WorkflowConfig)
