@@ -72,7 +72,8 @@ def _merge_checked(base: DictConfig, fragment: DictConfig, source: str) -> DictC
         return OmegaConf.merge(base, fragment)
     except OmegaConfBaseException as exc:
         key = getattr(exc, "full_key", None) or "?"
-        raise ConfigError(f"{source}: invalid key or value '{key}': {exc.msg if hasattr(exc, 'msg') else exc}") from exc
+        message = str(getattr(exc, "msg", exc)).splitlines()[0]
+        raise ConfigError(f"{source}: invalid key or value '{key}': {message}") from exc
 
 
 def _collect(path: Path, root: Path, seen: tuple[Path, ...] = ()) -> list[tuple[str, DictConfig]]:

@@ -1,0 +1,34 @@
+# One-command entry points. Each target creates the virtual environment on first use.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+EXPERIMENT ?= default
+CORES ?= 2
+
+.PHONY: setup run test test-quick lint clean-results
+
+$(BIN)/lapa: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --upgrade pip
+	# torch and torchvision first, as a matching pair (timm needs torchvision).
+	$(BIN)/pip install "torch==2.14.1" "torchvision==0.29.1"
+	$(BIN)/pip install -e ".[dev]"
+	touch $(BIN)/lapa
+
+setup: $(BIN)/lapa
+
+## run the Snakemake DAG of the chosen experiment on this machine (local profile)
+run: setup
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/snakemake --profile profiles/local --cores $(CORES) --config experiment=$(EXPERIMENT)
+
+## the whole test suite
+test: setup
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest -q
+
+## the quick loop: everything but the slow tests
+test-quick: setup
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest -q -m "not slow"
+
+lint: setup
+	$(BIN)/ruff check lapa tests benchmarks
+	$(BIN)/ruff format --check lapa tests benchmarks

@@ -1,0 +1,35 @@
+"""The install files agree with each other and the console script works."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _name(requirement: str) -> str:
+    return re.split(r"[<>=!~\[ ;]", requirement.strip(), maxsplit=1)[0].lower()
+
+
+def test_environment_yml_lists_every_dependency():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    wanted = {_name(r) for r in project["dependencies"]}
+    for extra in ("sim", "test"):
+        wanted |= {_name(r) for r in project["optional-dependencies"][extra]}
+    env = yaml.safe_load((ROOT / "environment.yml").read_text())
+    pip_section = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
+    listed = {_name(r) for r in pip_section if not r.startswith("-")}
+    assert wanted - listed == set(), f"missing from environment.yml: {sorted(wanted - listed)}"
+
+
+def test_help_lists_every_stage_command():
+    out = subprocess.run(
+        [sys.executable, "-m", "lapa", "--help"], capture_output=True, text=True, check=True
+    ).stdout
+    assert "config" in out
