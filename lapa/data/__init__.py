@@ -1,1 +1,5 @@
-"""Stage 0: sources (videos, image folders, LeRobot datasets, simulator rollouts) into shards, and loaders."""
+"""Stage 0: sources (videos, image folders, LeRobot datasets, simulator rollouts) into shards, and loaders.
+
+Heavy modules (torch, lightning) are imported from their submodules: ``lapa.data.pipeline``,
+``lapa.data.datamodule``, ``lapa.data.shards``, ``lapa.data.transforms``.
+"""

@@ -35,7 +35,9 @@ class Episode:
         if self.actions is not None and len(self.actions) != n:
             raise ValueError(f"{self.source or self.episode_id}: {len(self.actions)} actions for {n} frames")
         if self.success is not None and len(self.success) != n:
-            raise ValueError(f"{self.source or self.episode_id}: {len(self.success)} success flags for {n} frames")
+            raise ValueError(
+                f"{self.source or self.episode_id}: {len(self.success)} success flags for {n} frames"
+            )
 
     @property
     def num_frames(self) -> int:

@@ -1,0 +1,414 @@
+"""The WebDataset reading pipeline: shard list -> split by node -> split by worker -> tar samples ->
+shuffle buffer -> decode to uint8 -> transforms -> batches (spec 2.1.2).
+
+Batches are dicts of uint8 image tensors [B,3,H,W], float32/int64 arrays and lists of strings;
+models normalise on their own device (``lapa.data.transforms.normalize``).
+
+Splitting: with at least ranks x workers shards, each (rank, worker) slot reads its own shards;
+with fewer, every slot reads all shards and keeps every n-th sample, so no slot is empty and no
+sample is read twice (the case webdataset's ``empty_check`` refuses). With ``epoch_samples``
+each slot draws shards with replacement and an epoch is a fixed number of batches: the mode for
+step-based and multi-GPU training, where ranks must see equal numbers of batches.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import logging
+import math
+import os
+import random
+from pathlib import Path
+
+import braceexpand
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, IterableDataset
+from webdataset.tariterators import tarfile_samples
+
+from lapa.data.codec import decode_jpeg, decode_npy
+from lapa.data.config import LoaderConfig
+from lapa.data.transforms import FrameAugment, resize_uint8
+
+log = logging.getLogger(__name__)
+
+TASKS = ("laq", "foundation", "low_level")
+REQUIRED_FIELDS = {
+    "laq": ("t.jpg", "t1.jpg", "json"),
+    "foundation": ("image.jpg", "txt", "latent.npy"),
+    "low_level": ("image.jpg", "txt", "action.npy"),
+}
+
+
+class ShardReadError(ValueError):
+    """Unreadable shard data (truncated tar, corrupt JPEG, missing field), naming the shard."""
+
+
+def list_shards(shard_dir, split: str) -> list[str]:
+    """The ``.tar`` shards of one split of a shard directory, sorted."""
+    split_dir = Path(shard_dir) / split
+    shards = sorted(str(p) for p in split_dir.glob("*.tar"))
+    if not shards:
+        raise FileNotFoundError(f"no .tar shards in {split_dir} (is {shard_dir} a complete shard directory?)")
+    return shards
+
+
+def read_info(shard_dir) -> dict:
+    """``info.json`` of a shard directory (counts, image size, action_dim, num_tokens/vocab_size)."""
+    path = Path(shard_dir) / "info.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: {shard_dir} is not a complete shard directory")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path} is not valid JSON: {exc}") from exc
+
+
+def expand_shards(shards: str | list[str], train: bool = True) -> list[str]:
+    """A list of tar paths from a list, a brace pattern, a glob, a single tar or a shard directory."""
+    if isinstance(shards, (str, os.PathLike)):
+        text = str(shards)
+        if Path(text).is_dir():
+            return list_shards(text, "train" if train else "val")
+        if any(c in text for c in "*?["):
+            found = sorted(glob.glob(text))
+            if not found:
+                raise FileNotFoundError(f"no shards match {text}")
+            return found
+        urls = list(braceexpand.braceexpand(text))
+    else:
+        urls = [str(s) for s in shards]
+    if not urls:
+        raise FileNotFoundError("empty shard list")
+    missing = [u for u in urls if "://" not in u and not Path(u).is_file()]
+    if missing:
+        raise FileNotFoundError(
+            f"shard not found: {missing[0]}" + (f" (+{len(missing) - 1} more)" if len(missing) > 1 else "")
+        )
+    return urls
+
+
+def _shard_of(exn: BaseException) -> str:
+    for arg in reversed(getattr(exn, "args", ())):
+        if isinstance(arg, str) and arg.endswith(".tar"):
+            return arg
+    return "?"
+
+
+class ErrorHandler:
+    """webdataset exception handler: raise naming the shard, or log and count the skip."""
+
+    def __init__(self, on_error: str):
+        if on_error not in ("raise", "skip"):
+            raise ValueError(f"data.loader.on_error must be 'raise' or 'skip', got {on_error!r}")
+        self.on_error = on_error
+        self.skipped = 0
+
+    def __call__(self, exn: BaseException) -> bool:
+        if isinstance(exn, ShardReadError):
+            message = str(exn)
+        else:
+            detail = exn.args[0] if exn.args else exn
+            message = f"{_shard_of(exn)}: unreadable shard data: {type(exn).__name__}: {detail}"
+        if self.on_error == "raise":
+            raise ShardReadError(message) from exn
+        self.skipped += 1
+        log.warning("skipped (%d so far in this reader): %s", self.skipped, message)
+        return True
+
+
+def _dist_info() -> tuple[int, int]:
+    """(rank, world_size) from an initialised process group, else RANK/WORLD_SIZE, else (0, 1)."""
+    try:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            return dist.get_rank(), dist.get_world_size()
+    except (ImportError, RuntimeError):
+        pass
+    if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
+        return int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    return 0, 1
+
+
+def _action_dim_from_info(shards: list[str]) -> int | None:
+    info = Path(shards[0]).parent.parent / "info.json"
+    if info.is_file():
+        try:
+            return json.loads(info.read_text()).get("action_dim")
+        except json.JSONDecodeError:
+            return None
+    return None
+
+
+class ShardDataset(IterableDataset):
+    """Batches of one task read from tar shards; see the module docstring for how work is split."""
+
+    def __init__(
+        self,
+        shards: list[str],
+        task: str,
+        cfg: LoaderConfig,
+        train: bool,
+        *,
+        epoch_samples: int | None = None,
+        seed: int = 0,
+        rank: int | None = None,
+        world_size: int | None = None,
+        action_dim: int | None = None,
+    ):
+        super().__init__()
+        if task not in TASKS:
+            raise ValueError(f"unknown loader task {task!r}; expected one of {', '.join(TASKS)}")
+        if epoch_samples is not None and epoch_samples < 1:
+            raise ValueError(f"epoch_samples must be >= 1, got {epoch_samples}")
+        if cfg.batch_size < 1:
+            raise ValueError(f"data.loader.batch_size must be >= 1, got {cfg.batch_size}")
+        if train and cfg.augment and cfg.horizontal_flip and task == "low_level":
+            raise ValueError(
+                "data.loader.horizontal_flip would mirror images but not their actions (task low_level)"
+            )
+        self.shards = list(shards)
+        self.task, self.train, self.seed = task, train, seed
+        self.batch_size = int(cfg.batch_size)
+        self.shuffle_buffer = int(cfg.shuffle_buffer) if train else 0
+        self.image_size = int(cfg.image_size)
+        self.epoch_samples = epoch_samples
+        self.handler = ErrorHandler(cfg.on_error)
+        self.augment = (
+            FrameAugment(
+                self.image_size,
+                scale=cfg.random_resized_crop_scale,
+                jitter=cfg.color_jitter,
+                flip=cfg.horizontal_flip,
+            )
+            if train and cfg.augment
+            else None
+        )
+        self.action_dim = action_dim if action_dim is not None else _action_dim_from_info(self.shards)
+        self._dist = (rank, world_size) if rank is not None and world_size is not None else None
+        if rank is not None and world_size is not None and not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} out of range for world_size {world_size}")
+        self._epoch: int | None = None
+        self._iterations = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Fix the epoch that seeds shuffling (otherwise each new iteration reshuffles on its own)."""
+        self._epoch = int(epoch)
+
+    def __getstate__(self):
+        # resolve the rank in the parent process: a spawned loader worker has no process group
+        state = self.__dict__.copy()
+        if state["_dist"] is None:
+            state["_dist"] = _dist_info()
+        return state
+
+    @property
+    def skipped(self) -> int:
+        """Samples or shards skipped so far by this process's reader (on_error=skip)."""
+        return self.handler.skipped
+
+    # -- the stream ---------------------------------------------------------------------------
+    def _slot(self) -> tuple[int, int, int, int, int]:
+        rank, world = self._dist or _dist_info()
+        info = torch.utils.data.get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        if self._epoch is not None:
+            token = self._epoch
+        elif info is not None:
+            token = info.seed - info.id  # the loader's base seed: new every epoch, shared by its workers
+        else:
+            token = self._iterations
+        self._iterations += 1
+        return rank, world, worker, workers, token
+
+    def __iter__(self):
+        rank, world, worker, workers, token = self._slot()
+        rng = random.Random(f"{self.seed}-{rank}-{worker}-{token}")
+        slots, slot = world * workers, rank * workers + worker
+        keep_every = 1
+        if self.epoch_samples is not None:
+            urls = self._resampled(rng)
+        elif len(self.shards) >= slots:
+            urls = self.shards[slot::slots]
+            if self.train:
+                urls = rng.sample(urls, len(urls))
+        else:
+            urls, keep_every = self.shards, slots
+        samples = tarfile_samples(({"url": u} for u in urls), handler=self.handler)
+        if keep_every > 1:
+            samples = (s for i, s in enumerate(samples) if i % keep_every == slot)
+        if self.shuffle_buffer > 1:
+            samples = _shuffle(samples, self.shuffle_buffer, rng)
+        batches = self._batches(self._decoded(samples, rng))
+        if self.epoch_samples is not None:
+            per_worker = math.ceil(self.epoch_samples / self.batch_size / workers)
+            batches = (b for _, b in zip(range(per_worker), batches, strict=False))
+        yield from batches
+
+    def _resampled(self, rng: random.Random):
+        while True:
+            yield rng.choice(self.shards)
+
+    def _decoded(self, samples, rng: random.Random):
+        decode = getattr(self, f"_decode_{self.task}")
+        for sample in samples:
+            try:
+                missing = [f for f in REQUIRED_FIELDS[self.task] if f not in sample]
+                if missing:
+                    where = f"{sample.get('__url__', '?')}: sample {sample.get('__key__')!r}"
+                    raise ShardReadError(f"{where} lacks {', '.join(missing)}")
+                yield decode(sample, rng)
+            except ShardReadError as exn:
+                self.handler(exn)
+            except Exception as exn:
+                self.handler(
+                    ShardReadError(
+                        f"{sample.get('__url__', '?')}: corrupt sample {sample.get('__key__')!r}: "
+                        f"{type(exn).__name__}: {exn}"
+                    )
+                )
+
+    def _images(self, jpegs: list[bytes], rng: random.Random) -> tuple[torch.Tensor, bool]:
+        frames = torch.from_numpy(np.stack([decode_jpeg(j) for j in jpegs])).permute(0, 3, 1, 2)
+        if self.augment is not None:
+            return self.augment(frames, rng)
+        return resize_uint8(frames, self.image_size), False
+
+    def _action(self, value) -> np.ndarray:
+        if value is None:
+            return np.full(self.action_dim or 0, np.nan, dtype=np.float32)
+        action = np.asarray(value, dtype=np.float32).reshape(-1)
+        if self.action_dim is not None and len(action) != self.action_dim:
+            raise ValueError(f"action has {len(action)} values, info.json says action_dim {self.action_dim}")
+        return action
+
+    def _decode_laq(self, sample: dict, rng: random.Random) -> dict:
+        meta = json.loads(sample["json"])
+        frames, flipped = self._images([sample["t.jpg"], sample["t1.jpg"]], rng)
+        action = self._action(None if flipped else meta.get("action"))
+        return {
+            "frame_t": frames[0],
+            "frame_t1": frames[1],
+            "action": action,
+            "has_action": bool(len(action)) and bool(np.isfinite(action).all()),
+            "key": sample["__key__"],
+            "video_id": str(meta.get("video_id", "")),
+            "frame_index": int(meta.get("frame_index", -1)),
+            "instruction": meta.get("instruction") or "",
+            "task": meta.get("task") or "",
+        }
+
+    def _decode_foundation(self, sample: dict, rng: random.Random) -> dict:
+        meta = json.loads(sample["json"]) if "json" in sample else {}
+        frames, flipped = self._images([sample["image.jpg"]], rng)
+        latent = decode_npy(sample["latent.npy"]).astype(np.int64).reshape(-1)
+        return {
+            "image": frames[0],
+            "text": sample["txt"].decode("utf-8"),
+            "latent": latent,
+            "key": sample["__key__"],
+            "action": self._action(None if flipped else meta.get("action")),
+        }
+
+    def _decode_low_level(self, sample: dict, rng: random.Random) -> dict:
+        meta = json.loads(sample["json"]) if "json" in sample else {}
+        frames, _ = self._images([sample["image.jpg"]], rng)
+        return {
+            "image": frames[0],
+            "text": sample["txt"].decode("utf-8"),
+            "action": self._action(decode_npy(sample["action.npy"])),
+            "key": sample["__key__"],
+            "episode_id": str(meta.get("episode_id", "")),
+        }
+
+    def _batches(self, samples):
+        batch: list[dict] = []
+        for sample in samples:
+            batch.append(sample)
+            if len(batch) == self.batch_size:
+                yield collate(batch)
+                batch = []
+        if batch and not self.train:  # validation sees every sample; training keeps batch shapes fixed
+            yield collate(batch)
+
+
+def _shuffle(samples, bufsize: int, rng: random.Random):
+    """Reservoir-style shuffle buffer (fills to ``bufsize``, then yields a random element per input)."""
+    buf: list = []
+    for sample in samples:
+        if len(buf) < bufsize:
+            buf.append(sample)
+            continue
+        i = rng.randrange(len(buf))
+        buf[i], sample = sample, buf[i]
+        yield sample
+    rng.shuffle(buf)
+    yield from buf
+
+
+def _shared_out(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """Stack straight into shared memory in a loader worker: saves the copy made when sending the batch."""
+    first = tensors[0]
+    storage = first.untyped_storage()._new_shared(len(tensors) * first.numel() * first.element_size())
+    return first.new_empty(0).set_(storage).view(len(tensors), *first.shape)
+
+
+def collate(samples: list[dict]) -> dict:
+    """Stack tensors and arrays; keep strings (and other scalars) as lists."""
+    in_worker = torch.utils.data.get_worker_info() is not None
+    out = {}
+    for key in samples[0]:
+        values = [s[key] for s in samples]
+        first = values[0]
+        if isinstance(first, (torch.Tensor, np.ndarray)):
+            tensors = [torch.as_tensor(v) for v in values]
+            out[key] = torch.stack(tensors, out=_shared_out(tensors)) if in_worker else torch.stack(tensors)
+        elif isinstance(first, bool):
+            out[key] = torch.tensor(values, dtype=torch.bool)
+        elif isinstance(first, int):
+            out[key] = torch.tensor(values, dtype=torch.int64)
+        else:
+            out[key] = values
+    return out
+
+
+def make_dataset(
+    shards: str | list[str],
+    task: str,
+    cfg: LoaderConfig,
+    train: bool,
+    *,
+    epoch_samples: int | None = None,
+    seed: int = 0,
+    rank: int | None = None,
+    world_size: int | None = None,
+    action_dim: int | None = None,
+) -> ShardDataset:
+    """The batching IterableDataset over ``shards`` for ``task`` (laq | foundation | low_level).
+
+    Training shuffles (shards per slot and a sample buffer) and augments; validation reads every
+    sample exactly once in order. ``epoch_samples`` switches to resampled step-based epochs of
+    that many samples per rank. ``rank``/``world_size`` override the process group / env.
+    """
+    return ShardDataset(
+        expand_shards(shards, train),
+        task,
+        cfg,
+        train,
+        epoch_samples=epoch_samples,
+        seed=seed,
+        rank=rank,
+        world_size=world_size,
+        action_dim=action_dim,
+    )
+
+
+def make_loader(shards, task: str, cfg: LoaderConfig, train: bool, **kw) -> DataLoader:
+    """A DataLoader over ``make_dataset`` (batches come from the dataset: ``batch_size=None``)."""
+    pin_memory = kw.pop("pin_memory", False)
+    num_workers = int(kw.pop("num_workers", cfg.num_workers))
+    dataset = make_dataset(shards, task, cfg, train, **kw)
+    extra = {"prefetch_factor": 4, "persistent_workers": False} if num_workers > 0 else {}
+    return DataLoader(dataset, batch_size=None, num_workers=num_workers, pin_memory=pin_memory, **extra)

@@ -1,0 +1,358 @@
+"""Tar shard writing: the atomic ShardWriter, shard-directory metadata, and episodes into shard directories.
+
+A shard directory is ``train/`` + ``val/`` folders of tars, ``manifest.parquet`` (every sample
+written and every source skipped, with the reason) and ``info.json``. It is built under a
+temporary name (``atomic_directory``) so a killed run leaves nothing that looks complete.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import tarfile
+from collections.abc import Iterable
+from pathlib import Path
+
+from lapa.data.codec import encode_jpeg, encode_member
+from lapa.data.config import ShardingConfig
+from lapa.data.episode import Episode
+from lapa.data.samples import SPLITS, EpisodeSamples, demo_samples, pair_samples, split_of
+from lapa.utils.io import atomic_directory, atomic_write_json
+
+__all__ = [
+    "ShardDirBuilder",
+    "ShardWriter",
+    "encode_jpeg",
+    "episode_samples",
+    "write_demo_shards",
+    "write_pair_shards",
+    "write_shard_dir_metadata",
+]
+
+log = logging.getLogger(__name__)
+
+MANIFEST_COLUMNS = ["status", "split", "shard", "key", "episode_id", "frame_index", "source", "reason"]
+
+
+class ShardWriter:
+    """Atomic tar shard writer: <out_dir>/<split>/<prefix>-<split>-NNNNNN.tar, rolled over at
+    samples_per_shard samples or max_shard_bytes; each tar is written as a temp file and renamed on close."""
+
+    def __init__(
+        self,
+        out_dir,
+        split: str,
+        prefix: str,
+        samples_per_shard: int = 1000,
+        max_shard_bytes: int = 2_000_000_000,
+    ):
+        if samples_per_shard < 1:
+            raise ValueError(f"samples_per_shard must be >= 1, got {samples_per_shard}")
+        if max_shard_bytes < 1:
+            raise ValueError(f"max_shard_bytes must be >= 1, got {max_shard_bytes}")
+        self.dir = Path(out_dir) / split
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.split, self.prefix = split, prefix
+        self.samples_per_shard, self.max_shard_bytes = samples_per_shard, max_shard_bytes
+        self.paths: list[str] = []
+        self.shard_index = 0
+        self.count = 0  # samples in the open shard
+        self.total = 0
+        self._tar: tarfile.TarFile | None = None
+        self._fh = None
+        self._tmp: Path | None = None
+        self._final: Path | None = None
+        self._keys: set[str] = set()
+
+    @property
+    def current_path(self) -> str | None:
+        """Final path of the shard being written (the sample just written went there)."""
+        return None if self._final is None else str(self._final)
+
+    def _open(self) -> None:
+        name = f"{self.prefix}-{self.split}-{self.shard_index:06d}.tar"
+        self._final = self.dir / name
+        self._tmp = self.dir / f".{name}.tmp"
+        self._fh = open(self._tmp, "wb")
+        self._tar = tarfile.open(fileobj=self._fh, mode="w", format=tarfile.USTAR_FORMAT)
+        self.count = 0
+
+    def _finish(self) -> None:
+        if self._tar is None:
+            return
+        self._tar.close()
+        self._fh.flush()
+        os.fsync(self._fh.fileno())
+        self._fh.close()
+        os.replace(self._tmp, self._final)
+        self.paths.append(str(self._final))
+        self._tar = self._fh = self._tmp = None
+        self.shard_index += 1
+
+    def write(self, sample: dict) -> None:
+        key = sample.get("__key__")
+        if not key or "." in key or "/" in key:
+            raise ValueError(f"sample key {key!r} must be non-empty without '.' or '/'")
+        if key in self._keys:
+            raise ValueError(f"duplicate sample key {key!r} in {self.dir}")
+        members = [
+            (f"{key}.{ext}", encode_member(ext, value))
+            for ext, value in sample.items()
+            if not ext.startswith("__")
+        ]
+        if not members:
+            raise ValueError(f"sample {key!r} has no fields")
+        size = sum(512 + len(data) + 511 for _, data in members)
+        if self._tar is not None and (
+            self.count >= self.samples_per_shard
+            or (self.count and self._fh.tell() + size > self.max_shard_bytes)
+        ):
+            self._finish()
+        if self._tar is None:
+            self._open()
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size, info.mtime, info.mode = len(data), 0, 0o644
+            self._tar.addfile(info, io.BytesIO(data))
+        self._keys.add(key)
+        self.count += 1
+        self.total += 1
+
+    def close(self) -> list[str]:
+        self._finish()
+        return list(self.paths)
+
+    def abort(self) -> None:
+        """Drop the open shard's temporary file (used when the build fails)."""
+        if self._tar is not None:
+            try:
+                self._tar.close()
+                self._fh.close()
+            finally:
+                self._tmp.unlink(missing_ok=True)
+                self._tar = self._fh = self._tmp = None
+
+    def __enter__(self) -> ShardWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
+def write_shard_dir_metadata(
+    out_dir,
+    *,
+    kind: str,
+    counts: dict,
+    image_size: int | None,
+    action_dim: int | None,
+    manifest_rows: list[dict] | None = None,
+    num_tokens: int | None = None,
+    vocab_size: int | None = None,
+    **extra,
+) -> dict:
+    """Write ``info.json`` (and ``manifest.parquet`` when rows are given) of a shard directory.
+
+    ``counts`` maps split to number of samples. Shard lists are read from the directory so the
+    record matches what is on disk. Returns the info dict.
+    """
+    import pandas as pd
+
+    out_dir = Path(out_dir)
+    info = {
+        "kind": kind,
+        "counts": {s: int(counts.get(s, 0)) for s in SPLITS},
+        "shards": {s: sorted(p.name for p in (out_dir / s).glob("*.tar")) for s in SPLITS},
+        "image_size": image_size,
+        "action_dim": action_dim,
+    }
+    if num_tokens is not None:
+        info["num_tokens"] = int(num_tokens)
+    if vocab_size is not None:
+        info["vocab_size"] = int(vocab_size)
+    info.update(extra)
+    if manifest_rows is not None:
+        frame = pd.DataFrame(manifest_rows, columns=MANIFEST_COLUMNS)
+        frame["frame_index"] = frame["frame_index"].astype("Int64")
+        for col in MANIFEST_COLUMNS:
+            if col != "frame_index":
+                frame[col] = frame[col].astype("string")
+        frame.to_parquet(out_dir / "manifest.parquet", index=False)
+    atomic_write_json(out_dir / "info.json", info)
+    return info
+
+
+class ShardDirBuilder:
+    """Collects episodes' samples into per-split writers and the manifest, inside a temporary directory."""
+
+    def __init__(self, root, kind: str, cfg: ShardingConfig, image_size: int):
+        self.root, self.kind, self.cfg, self.image_size = Path(root), kind, cfg, image_size
+        self.writers = {
+            s: ShardWriter(root, s, kind, cfg.samples_per_shard, cfg.max_shard_bytes) for s in SPLITS
+        }
+        self.rows: list[dict] = []
+        self.counts = dict.fromkeys(SPLITS, 0)
+        self.episodes = dict.fromkeys(SPLITS, 0)
+        self.skipped = 0
+        self.action_dim: int | None = None
+        self.nan_actions = 0
+        self._episode_ids: dict[str, str] = {}
+
+    def add(self, result: EpisodeSamples) -> None:
+        if result.episode_id in self._episode_ids:
+            raise ValueError(
+                f"episode id {result.episode_id!r} appears twice ({self._episode_ids[result.episode_id]} "
+                f"and {result.source}): ids must be unique across the inputs"
+            )
+        self._episode_ids[result.episode_id] = result.source
+        if result.skipped_reason is not None:
+            self.skip(result.source, result.skipped_reason, result.episode_id)
+            return
+        if result.action_dim is not None:
+            if self.action_dim is not None and result.action_dim != self.action_dim:
+                raise ValueError(
+                    f"{result.source}: episode {result.episode_id!r} has {result.action_dim}-D actions, "
+                    f"earlier episodes {self.action_dim}-D"
+                )
+            self.action_dim = result.action_dim
+        self.nan_actions += int(result.notes.get("nan_actions", 0))
+        writer = self.writers[result.split]
+        for sample in result.samples:
+            writer.write(sample)
+            meta = sample.get("json", {})
+            self.rows.append(
+                {
+                    "status": "written",
+                    "split": result.split,
+                    "shard": os.path.relpath(writer.current_path, self.root),
+                    "key": sample["__key__"],
+                    "episode_id": result.episode_id,
+                    "frame_index": meta.get("frame_index"),
+                    "source": result.source,
+                    "reason": None,
+                }
+            )
+        self.counts[result.split] += len(result.samples)
+        self.episodes[result.split] += 1
+
+    def skip(self, source: str, reason: str, episode_id: str | None = None) -> None:
+        log.warning("skipped %s%s: %s", source, f" (episode {episode_id})" if episode_id else "", reason)
+        self.skipped += 1
+        self.rows.append(
+            {
+                "status": "skipped",
+                "split": None,
+                "shard": None,
+                "key": None,
+                "episode_id": episode_id,
+                "frame_index": None,
+                "source": source,
+                "reason": reason,
+            }
+        )
+
+    def abort(self) -> None:
+        for writer in self.writers.values():
+            writer.abort()
+
+    def finish(self, **extra) -> dict:
+        for writer in self.writers.values():
+            writer.close()
+        settings = plain_settings(self.cfg)
+        for split in SPLITS:
+            if not self.counts[split] and (split == "train" or self.cfg.val_fraction > 0):
+                log.warning(
+                    "%s: the %s split is empty (%d episodes in all)",
+                    self.root,
+                    split,
+                    sum(self.episodes.values()),
+                )
+        return write_shard_dir_metadata(
+            self.root,
+            kind=self.kind,
+            counts=self.counts,
+            image_size=self.image_size,
+            action_dim=self.action_dim,
+            manifest_rows=self.rows,
+            episodes=self.episodes,
+            skipped=self.skipped,
+            frames_with_nan_action=self.nan_actions,
+            settings=settings,
+            **extra,
+        )
+
+
+def episode_samples(episode: Episode, kind: str, cfg: ShardingConfig) -> EpisodeSamples:
+    """Encode one episode into the samples of a ``pairs`` or ``demos`` shard directory."""
+    if cfg.crop > cfg.resize:
+        raise ValueError(
+            f"data.sharding.crop ({cfg.crop}) must not exceed data.sharding.resize ({cfg.resize})"
+        )
+    split = split_of(episode.episode_id, cfg.split_seed, cfg.val_fraction)
+    if kind == "pairs":
+        return pair_samples(
+            episode,
+            frame_offset=cfg.frame_offset,
+            resize=cfg.resize,
+            crop=cfg.crop,
+            quality=cfg.jpeg_quality,
+            fps=cfg.fps,
+            split=split,
+        )
+    if kind == "demos":
+        return demo_samples(episode, resize=cfg.resize, crop=cfg.crop, quality=cfg.jpeg_quality, split=split)
+    raise ValueError(f"unknown shard kind {kind!r} (pairs or demos)")
+
+
+def plain_settings(cfg) -> dict:
+    """A config section (dataclass or DictConfig) as a plain dict for info.json."""
+    from dataclasses import asdict, is_dataclass
+
+    from omegaconf import DictConfig, OmegaConf
+
+    if is_dataclass(cfg):
+        return asdict(cfg)
+    if isinstance(cfg, DictConfig):
+        return OmegaConf.to_container(cfg, resolve=True)
+    return dict(cfg)
+
+
+def check_on_error(value: str, key: str = "data.sharding.on_error") -> str:
+    if value not in ("raise", "skip"):
+        raise ValueError(f"{key} must be 'raise' or 'skip', got {value!r}")
+    return value
+
+
+def _write_episodes(episodes: Iterable[Episode], out_dir, cfg: ShardingConfig, kind: str) -> dict:
+    on_error = check_on_error(cfg.on_error)
+    with atomic_directory(out_dir) as tmp:
+        builder = ShardDirBuilder(tmp, kind, cfg, cfg.crop)
+        try:
+            for episode in episodes:
+                try:
+                    result = episode_samples(episode, kind, cfg)
+                except ValueError as exc:
+                    if on_error == "raise":
+                        raise
+                    builder.skip(episode.source or episode.episode_id, str(exc), episode.episode_id)
+                    continue
+                builder.add(result)
+            info = builder.finish()
+        except BaseException:
+            builder.abort()
+            raise
+    return info
+
+
+def write_pair_shards(episodes: Iterable[Episode], out_dir, cfg: ShardingConfig) -> dict:
+    """Frame-pair shards (``t.jpg``, ``t1.jpg``, ``json``) of in-memory episodes; returns info.json."""
+    return _write_episodes(episodes, out_dir, cfg, "pairs")
+
+
+def write_demo_shards(episodes: Iterable[Episode], out_dir, cfg: ShardingConfig) -> dict:
+    """Demonstration shards (``image.jpg``, ``txt``, ``action.npy``, ``json``); returns info.json."""
+    return _write_episodes(episodes, out_dir, cfg, "demos")
