@@ -6,11 +6,30 @@ from dataclasses import dataclass, field
 
 
 @dataclass
+class ZoomCameraConfig:
+    """The free camera behind ``camera: zoom``: a closer three-quarter view than ``corner``.
+
+    At 64 px the puck is 1-3 px wide from ``corner``; this view keeps it at 3-4 px while the
+    gripper and every task's objects stay in frame.
+    """
+
+    azimuth: float = 135.0  # degrees
+    elevation: float = -30.0  # degrees, negative looks down
+    distance: float = 1.05  # metres from the look-at point
+    lookat: list[float] = field(default_factory=lambda: [0.0, 0.65, 0.05])
+    fovy: float = 45.0  # vertical field of view, degrees
+
+
+@dataclass
 class SimConfig:
     tasks: list[str] = field(default_factory=lambda: ["reach-v3", "push-v3", "drawer-open-v3"])
-    camera: str = "corner"
-    image_size: int = 64  # rendered frame size (square)
+    # zoom (the free camera below) or a Meta-World camera: corner, corner2, corner3, corner4,
+    # behindGripper, gripperPOV
+    camera: str = "zoom"
+    zoom: ZoomCameraConfig = field(default_factory=ZoomCameraConfig)
+    image_size: int = 64  # rendered frame size (square, even)
     max_steps: int = 150  # episode cap
+    steps_after_success: int = 5  # rollouts keep recording this many steps after the first success
     # Disjoint seed ranges: pretraining videos, labelled demonstrations, evaluation.
     pretrain_episodes_per_task: int = 4
     demo_episodes_per_task: int = 2
@@ -18,5 +37,6 @@ class SimConfig:
     pretrain_seed: int = 0
     demo_seed: int = 100_000
     eval_seed: int = 200_000
-    workers: int = 2
+    workers: int = 2  # processes rendering rollouts
+    video_crf: int = 10  # x264 quality of the dataset videos (lower is better)
     save_videos: int = 2  # rollout videos kept per task during evaluation

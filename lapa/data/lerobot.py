@@ -1,0 +1,674 @@
+"""LeRobot v3.0 datasets: write episodes into the layout, read them back as Episodes.
+
+The layout follows LeRobot's ``CODEBASE_VERSION = "v3.0"``: many episodes per parquet and mp4
+file, with ``meta/episodes`` giving each episode's row range and video time span, so LeRobot's
+own tools can open what we write. Reading needs only pandas/pyarrow and PyAV (no ``lerobot``).
+Video is decoded sequentially per file, which is what a pass over the whole dataset wants.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Iterable, Iterator
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lapa.data.episode import Episode
+from lapa.utils.io import atomic_directory, atomic_write_json
+
+log = logging.getLogger(__name__)
+
+CODEBASE_VERSION = "v3.0"
+CHUNKS_SIZE = 1000  # files per chunk directory
+DATA_PATH = "data/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet"
+VIDEO_PATH = "videos/{video_key}/chunk-{chunk_index:03d}/file-{file_index:03d}.mp4"
+EPISODES_PATH = "meta/episodes/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet"
+INFO_PATH = "meta/info.json"
+TASKS_PATH = "meta/tasks.parquet"
+STATS_PATH = "meta/stats.json"
+ACTION_KEY = "action"
+SUCCESS_KEY = "next.success"
+
+_INDEX_FEATURES = {
+    "timestamp": {"dtype": "float32", "shape": [1], "names": None},
+    "frame_index": {"dtype": "int64", "shape": [1], "names": None},
+    "episode_index": {"dtype": "int64", "shape": [1], "names": None},
+    "index": {"dtype": "int64", "shape": [1], "names": None},
+    "task_index": {"dtype": "int64", "shape": [1], "names": None},
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# writing
+
+
+def _next_file(chunk: int, file: int) -> tuple[int, int]:
+    return (chunk + 1, 0) if file + 1 >= CHUNKS_SIZE else (chunk, file + 1)
+
+
+class _VideoFile:
+    """One mp4 being encoded; episodes are appended back to back."""
+
+    def __init__(self, path: Path, fps: float, width: int, height: int, crf: int, gop: int) -> None:
+        import av
+
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.container = av.open(str(path), mode="w")
+        rate = Fraction(fps).limit_denominator(1001)
+        if "libx264" in av.codecs_available:
+            self.codec_name = "h264"
+            self.stream = self.container.add_stream(
+                "libx264", rate=rate, options={"crf": str(crf), "g": str(gop), "preset": "fast"}
+            )
+        else:  # an FFmpeg build without x264: MPEG-4 part 2 at a high bit rate
+            self.codec_name = "mpeg4"
+            self.stream = self.container.add_stream("mpeg4", rate=rate, options={"g": str(gop)})
+            self.stream.bit_rate = int(width * height * float(fps) * 4)
+        self.stream.width = width
+        self.stream.height = height
+        self.stream.pix_fmt = "yuv420p"
+        self.time_base = Fraction(1) / rate
+        self.frames = 0
+
+    def add(self, frames: np.ndarray) -> None:
+        import av
+
+        for image in frames:
+            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24")
+            frame.pts = self.frames
+            frame.time_base = self.time_base
+            for packet in self.stream.encode(frame):
+                self.container.mux(packet)
+            self.frames += 1
+
+    def size_mb(self) -> float:
+        try:
+            return os.path.getsize(self.path) / 2**20
+        except OSError:
+            return 0.0
+
+    def close(self) -> None:
+        for packet in self.stream.encode():
+            self.container.mux(packet)
+        self.container.close()
+
+
+class _DataFile:
+    """One frame-table parquet file, written one row group per episode."""
+
+    def __init__(self, path: Path, schema) -> None:
+        import pyarrow.parquet as pq
+
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.writer = pq.ParquetWriter(str(path), schema)
+
+    def add(self, table) -> None:
+        self.writer.write_table(table)
+
+    def size_mb(self) -> float:
+        try:
+            return os.path.getsize(self.path) / 2**20
+        except OSError:
+            return 0.0
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+class _RunningStats:
+    """Mean/std/min/max over rows, accumulated in float64 (LeRobot's ``meta/stats.json`` keys)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.sum = self.sumsq = self.min = self.max = None
+
+    def add(self, x: np.ndarray) -> None:
+        x = x.astype(np.float64)
+        s, sq, lo, hi = x.sum(0), (x * x).sum(0), x.min(0), x.max(0)
+        if self.count == 0:
+            self.sum, self.sumsq, self.min, self.max = s, sq, lo, hi
+        else:
+            self.sum, self.sumsq = self.sum + s, self.sumsq + sq
+            self.min, self.max = np.minimum(self.min, lo), np.maximum(self.max, hi)
+        self.count += len(x)
+
+    def to_dict(self, shape: tuple[int, ...]) -> dict:
+        mean = self.sum / self.count
+        std = np.sqrt(np.maximum(self.sumsq / self.count - mean * mean, 0.0))
+        return {
+            "mean": mean.reshape(shape).tolist(),
+            "std": std.reshape(shape).tolist(),
+            "min": self.min.reshape(shape).tolist(),
+            "max": self.max.reshape(shape).tolist(),
+            "count": [self.count],
+        }
+
+
+class _DatasetWriter:
+    def __init__(
+        self,
+        root: Path,
+        fps: float,
+        camera_key: str,
+        robot_type: str,
+        crf: int,
+        gop: int,
+        data_file_mb: float,
+        video_file_mb: float,
+    ) -> None:
+        self.root, self.fps, self.camera_key, self.robot_type = root, fps, camera_key, robot_type
+        self.crf, self.gop = crf, gop
+        self.data_file_mb, self.video_file_mb = data_file_mb, video_file_mb
+        self.tasks: dict[str, int] = {}
+        self.episode_rows: list[dict[str, Any]] = []
+        self.total_frames = 0
+        self.shape: tuple[int, int] | None = None
+        self.action_dim: int | None = None
+        self.has_success: bool | None = None
+        self.video: _VideoFile | None = None
+        self.video_pos = (0, 0)
+        self.data: _DataFile | None = None
+        self.data_pos = (0, 0)
+        self.schema = None
+        self.codec_name = "h264"
+        self.action_stats = _RunningStats()
+        self.image_stats = _RunningStats()
+
+    def _check(self, ep: Episode) -> None:
+        where = ep.source or ep.episode_id
+        if ep.num_frames == 0:
+            raise ValueError(f"{where}: episode {ep.episode_id!r} has no frames")
+        h, w = ep.frames.shape[1:3]
+        if h % 2 or w % 2:
+            raise ValueError(f"{where}: frame size {h}x{w} must be even for yuv420p video")
+        if self.shape is None:
+            self.shape = (h, w)
+            self.action_dim = (
+                None
+                if ep.actions is None
+                else int(np.asarray(ep.actions).reshape(len(ep.actions), -1).shape[1])
+            )
+            self.has_success = ep.success is not None
+        if (h, w) != self.shape:
+            raise ValueError(f"{where}: frame size {h}x{w} differs from the dataset's {self.shape}")
+        if (ep.actions is None) != (self.action_dim is None):
+            raise ValueError(f"{where}: every episode must have actions, or none may")
+        if ep.actions is not None:
+            actions = np.asarray(ep.actions, dtype=np.float32).reshape(ep.num_frames, -1)
+            if actions.shape[1] != self.action_dim:
+                raise ValueError(f"{where}: action dim {actions.shape[1]} differs from {self.action_dim}")
+            if not np.isfinite(actions).all():
+                raise ValueError(f"{where}: episode {ep.episode_id!r} has NaN or infinite actions")
+        if (ep.success is not None) != self.has_success:
+            raise ValueError(f"{where}: every episode must have success flags, or none may")
+
+    def _schema(self):
+        import pyarrow as pa
+
+        fields = []
+        if self.action_dim is not None:
+            fields.append(pa.field(ACTION_KEY, pa.list_(pa.float32())))
+        if self.has_success:
+            fields.append(pa.field(SUCCESS_KEY, pa.bool_()))
+        fields += [
+            pa.field("timestamp", pa.float32()),
+            pa.field("frame_index", pa.int64()),
+            pa.field("episode_index", pa.int64()),
+            pa.field("index", pa.int64()),
+            pa.field("task_index", pa.int64()),
+        ]
+        return pa.schema(fields)
+
+    def add(self, ep: Episode) -> None:
+        import pyarrow as pa
+
+        self._check(ep)
+        if self.schema is None:
+            self.schema = self._schema()
+        n = ep.num_frames
+        episode_index = len(self.episode_rows)
+        task = ep.instruction if ep.instruction is not None else (ep.task or "")
+        task_index = self.tasks.setdefault(task, len(self.tasks))
+
+        # video
+        if self.video is None:
+            c, f = self.video_pos
+            path = self.root / VIDEO_PATH.format(video_key=self.camera_key, chunk_index=c, file_index=f)
+            self.video = _VideoFile(path, self.fps, self.shape[1], self.shape[0], self.crf, self.gop)
+            self.codec_name = self.video.codec_name
+        start = self.video.frames
+        self.video.add(ep.frames)
+        video_chunk, video_file = self.video_pos
+
+        # frame table
+        if self.data is None:
+            c, f = self.data_pos
+            self.data = _DataFile(self.root / DATA_PATH.format(chunk_index=c, file_index=f), self.schema)
+        frame_index = np.arange(n, dtype=np.int64)
+        columns: dict[str, Any] = {}
+        if self.action_dim is not None:
+            actions = np.asarray(ep.actions, dtype=np.float32).reshape(n, -1)
+            columns[ACTION_KEY] = pa.FixedSizeListArray.from_arrays(
+                pa.array(actions.reshape(-1)), self.action_dim
+            )
+            columns[ACTION_KEY] = columns[ACTION_KEY].cast(pa.list_(pa.float32()))
+            self.action_stats.add(actions)
+        if self.has_success:
+            columns[SUCCESS_KEY] = pa.array(np.asarray(ep.success, dtype=bool))
+        columns["timestamp"] = pa.array((frame_index / self.fps).astype(np.float32))
+        columns["frame_index"] = pa.array(frame_index)
+        columns["episode_index"] = pa.array(np.full(n, episode_index, dtype=np.int64))
+        columns["index"] = pa.array(np.arange(self.total_frames, self.total_frames + n, dtype=np.int64))
+        columns["task_index"] = pa.array(np.full(n, task_index, dtype=np.int64))
+        self.data.add(pa.table(columns, schema=self.schema))
+        data_chunk, data_file = self.data_pos
+        self.image_stats.add(ep.frames[:: max(1, n // 8)].reshape(-1, 3) / 255.0)
+
+        self.episode_rows.append(
+            {
+                "episode_index": episode_index,
+                "tasks": [task],
+                "length": n,
+                "data/chunk_index": data_chunk,
+                "data/file_index": data_file,
+                "dataset_from_index": self.total_frames,
+                "dataset_to_index": self.total_frames + n,
+                f"videos/{self.camera_key}/chunk_index": video_chunk,
+                f"videos/{self.camera_key}/file_index": video_file,
+                f"videos/{self.camera_key}/from_timestamp": start / self.fps,
+                f"videos/{self.camera_key}/to_timestamp": (start + n) / self.fps,
+                "meta/episodes/chunk_index": 0,
+                "meta/episodes/file_index": 0,
+                "task_name": ep.task,
+                "source_episode_id": ep.episode_id,
+                "meta_json": json.dumps(ep.meta, sort_keys=True, default=str),
+            }
+        )
+        self.total_frames += n
+
+        # roll over to new files once the current ones are big enough
+        if self.video.size_mb() >= self.video_file_mb:
+            self.video.close()
+            self.video = None
+            self.video_pos = _next_file(*self.video_pos)
+        if self.data.size_mb() >= self.data_file_mb:
+            self.data.close()
+            self.data = None
+            self.data_pos = _next_file(*self.data_pos)
+
+    def abort(self) -> None:
+        """Release open files; the caller discards the partial directory."""
+        for handle in (self.video, self.data):
+            if handle is not None:
+                try:
+                    handle.close()
+                except Exception:  # a half-written file is thrown away anyway
+                    pass
+
+    def finish(self) -> dict:
+        import pandas as pd
+
+        if not self.episode_rows:
+            raise ValueError(f"{self.root}: no episodes to write")
+        if self.video is not None:
+            self.video.close()
+        if self.data is not None:
+            self.data.close()
+        h, w = self.shape
+        fps_value: float | int = int(self.fps) if float(self.fps).is_integer() else float(self.fps)
+        features: dict[str, Any] = {
+            self.camera_key: {
+                "dtype": "video",
+                "shape": [h, w, 3],
+                "names": ["height", "width", "channels"],
+                "info": {
+                    "video.height": h,
+                    "video.width": w,
+                    "video.codec": self.codec_name,
+                    "video.pix_fmt": "yuv420p",
+                    "video.is_depth_map": False,
+                    "video.fps": fps_value,
+                    "video.channels": 3,
+                    "has_audio": False,
+                },
+            }
+        }
+        if self.action_dim is not None:
+            names = ["dx", "dy", "dz", "gripper"] if self.action_dim == 4 else None
+            features[ACTION_KEY] = {"dtype": "float32", "shape": [self.action_dim], "names": names}
+        if self.has_success:
+            features[SUCCESS_KEY] = {"dtype": "bool", "shape": [1], "names": None}
+        features.update(json.loads(json.dumps(_INDEX_FEATURES)))
+        n_eps = len(self.episode_rows)
+        info = {
+            "codebase_version": CODEBASE_VERSION,
+            "robot_type": self.robot_type,
+            "total_episodes": n_eps,
+            "total_frames": self.total_frames,
+            "total_tasks": len(self.tasks),
+            "chunks_size": CHUNKS_SIZE,
+            "data_files_size_in_mb": self.data_file_mb,
+            "video_files_size_in_mb": self.video_file_mb,
+            "fps": fps_value,
+            "splits": {"train": f"0:{n_eps}"},
+            "data_path": DATA_PATH,
+            "video_path": VIDEO_PATH,
+            "features": features,
+        }
+        tasks = pd.DataFrame(
+            {"task_index": np.array(list(self.tasks.values()), dtype=np.int64)},
+            index=pd.Index(list(self.tasks.keys()), name="task"),
+        )
+        tasks.to_parquet(self.root / TASKS_PATH)
+        episodes_path = self.root / EPISODES_PATH.format(chunk_index=0, file_index=0)
+        episodes_path.parent.mkdir(parents=True, exist_ok=True)
+        pd.DataFrame(self.episode_rows).to_parquet(episodes_path, index=False)
+        stats = {self.camera_key: self.image_stats.to_dict((3, 1, 1))}
+        if self.action_dim is not None:
+            stats[ACTION_KEY] = self.action_stats.to_dict((self.action_dim,))
+        atomic_write_json(self.root / STATS_PATH, stats)
+        atomic_write_json(self.root / INFO_PATH, info)  # last: its presence marks a complete dataset
+        return info
+
+
+def write_lerobot_dataset(
+    root: str | os.PathLike,
+    episodes: Iterable[Episode],
+    fps: float,
+    *,
+    camera_key: str = "observation.image",
+    robot_type: str = "sawyer",
+    crf: int = 10,
+    gop: int = 10,
+    data_file_mb: float = 100.0,
+    video_file_mb: float = 500.0,
+    extra_json: dict[str, Any] | None = None,
+) -> dict:
+    """Write ``episodes`` (streamed, in order) as a LeRobot v3.0 dataset at ``root``; return info.json.
+
+    The dataset is built beside ``root`` and renamed into place when complete. Episode indices
+    follow iteration order; an episode's task string is its instruction. ``crf`` is the x264
+    quality (lower is better; 10 keeps 64 px frames within a few grey levels). ``extra_json``
+    maps paths inside the dataset to JSON content (or a callable returning it, called once all
+    episodes are written) for provenance files LeRobot ignores.
+    """
+    if not fps or fps <= 0:
+        raise ValueError(f"{root}: fps must be positive, got {fps}")
+    with atomic_directory(root) as tmp:
+        (tmp / "meta").mkdir()
+        writer = _DatasetWriter(
+            tmp, float(fps), camera_key, robot_type, crf, gop, data_file_mb, video_file_mb
+        )
+        try:
+            for ep in episodes:
+                writer.add(ep)
+        except BaseException:
+            writer.abort()
+            raise
+        for rel, content in (extra_json or {}).items():
+            atomic_write_json(tmp / rel, content() if callable(content) else content)
+        info = writer.finish()
+    return info
+
+
+# ---------------------------------------------------------------------------------------------
+# reading
+
+
+def load_info(root: str | os.PathLike) -> dict:
+    """``meta/info.json`` of a LeRobot dataset, checked to be v3."""
+    path = Path(root) / INFO_PATH
+    if not path.is_file():
+        raise FileNotFoundError(f"not a LeRobot dataset: {path} is missing")
+    try:
+        info = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{path}: cannot read info.json: {exc}") from exc
+    version = str(info.get("codebase_version", ""))
+    if not version.startswith("v3"):
+        raise ValueError(f"{path}: codebase_version {version!r} is not supported (need v3.x)")
+    for key in ("fps", "features", "data_path"):
+        if key not in info:
+            raise ValueError(f"{path}: missing key {key!r}")
+    return info
+
+
+def _load_episodes_table(root: Path):
+    import pandas as pd
+
+    files = sorted((root / "meta" / "episodes").glob("chunk-*/file-*.parquet"))
+    if not files:
+        raise FileNotFoundError(f"{root / 'meta' / 'episodes'}: no episode metadata parquet files")
+    frames = []
+    for f in files:
+        try:
+            frames.append(pd.read_parquet(f))
+        except Exception as exc:
+            raise ValueError(f"{f}: cannot read episode metadata: {exc}") from exc
+    table = pd.concat(frames, ignore_index=True).sort_values("episode_index", kind="stable")
+    for col in ("episode_index", "length", "data/chunk_index", "data/file_index"):
+        if col not in table.columns:
+            raise ValueError(f"{files[0]}: episode metadata lacks column {col!r}")
+    return table.reset_index(drop=True)
+
+
+def _load_tasks(root: Path) -> dict[int, str]:
+    import pandas as pd
+
+    path = root / TASKS_PATH
+    if not path.is_file():
+        raise FileNotFoundError(f"not a LeRobot dataset: {path} is missing")
+    try:
+        df = pd.read_parquet(path)
+    except Exception as exc:
+        raise ValueError(f"{path}: cannot read tasks: {exc}") from exc
+    if "task" in df.columns:
+        names = df["task"].tolist()
+    else:
+        names = [str(x) for x in df.index.tolist()]
+    return {int(i): str(t) for i, t in zip(df["task_index"].tolist(), names)}
+
+
+class _FrameTable:
+    """The per-frame columns of one data parquet file, as numpy arrays."""
+
+    def __init__(self, path: Path) -> None:
+        import pyarrow.parquet as pq
+
+        if not path.is_file():
+            raise FileNotFoundError(f"LeRobot data file missing: {path}")
+        try:
+            table = pq.read_table(path)
+        except Exception as exc:
+            raise ValueError(f"{path}: cannot read parquet: {exc}") from exc
+        self.path = path
+        self.episode_index = table.column("episode_index").to_numpy()
+        self.frame_index = table.column("frame_index").to_numpy()
+        self.task_index = (
+            table.column("task_index").to_numpy() if "task_index" in table.column_names else None
+        )
+        self.actions = None
+        if ACTION_KEY in table.column_names:
+            col = table.column(ACTION_KEY).combine_chunks()
+            flat = col.flatten().to_numpy(zero_copy_only=False).astype(np.float32)
+            self.actions = flat.reshape(len(col), -1) if len(col) else flat.reshape(0, 0)
+        self.success = None
+        if SUCCESS_KEY in table.column_names:
+            self.success = np.asarray(table.column(SUCCESS_KEY).to_numpy(zero_copy_only=False)).astype(bool)
+            self.success = self.success.reshape(len(self.success), -1)[:, 0]
+
+    def episode(self, index: int, length: int) -> tuple[np.ndarray | None, np.ndarray | None, int | None]:
+        rows = np.nonzero(self.episode_index == index)[0]
+        rows = rows[np.argsort(self.frame_index[rows], kind="stable")]
+        if len(rows) != length:
+            raise ValueError(
+                f"{self.path}: episode {index} has {len(rows)} frames, meta/episodes says {length}"
+            )
+        actions = None if self.actions is None else self.actions[rows]
+        if actions is not None and not np.isfinite(actions).all():
+            raise ValueError(f"{self.path}: episode {index} has NaN or infinite actions")
+        success = None if self.success is None else self.success[rows]
+        task_index = None if self.task_index is None or not len(rows) else int(self.task_index[rows[0]])
+        return actions, success, task_index
+
+
+class _SequentialVideo:
+    """Decodes one mp4 front to back, handing out the frames of consecutive time spans."""
+
+    def __init__(self, path: Path, fps: float) -> None:
+        import av
+
+        if not path.is_file():
+            raise FileNotFoundError(f"LeRobot video file missing: {path}")
+        self.path, self.fps = path, fps
+        try:
+            self.container = av.open(str(path))
+            stream = self.container.streams.video[0]
+        except Exception as exc:
+            raise ValueError(f"{path}: cannot open video: {exc}") from exc
+        stream.thread_type = "AUTO"
+        self._frames = self.container.decode(stream)
+        self._pending = None  # a decoded frame not yet handed out
+        self.position = 0.0  # time of the next frame to hand out
+
+    def _next(self):
+        if self._pending is not None:
+            frame, self._pending = self._pending, None
+            return frame
+        try:
+            return next(self._frames)
+        except StopIteration:
+            return None
+        except Exception as exc:
+            raise ValueError(f"{self.path}: corrupt video: {exc}") from exc
+
+    def read(self, start: float, length: int, episode: int) -> np.ndarray:
+        half = 0.5 / self.fps
+        out: list[np.ndarray] = []
+        while len(out) < length:
+            frame = self._next()
+            if frame is None:
+                raise ValueError(
+                    f"{self.path}: video ends after {len(out)} of the {length} frames of episode {episode} "
+                    f"(from t={start:.3f}s)"
+                )
+            t = float(frame.time) if frame.time is not None else 0.0
+            if t < start - half:
+                continue
+            out.append(frame.to_ndarray(format="rgb24"))
+            self.position = t + 1.0 / self.fps
+        return np.stack(out)
+
+    def close(self) -> None:
+        self.container.close()
+
+
+def read_lerobot_dataset(root: str | os.PathLike, *, camera_key: str | None = None) -> Iterator[Episode]:
+    """Yield the episodes of a LeRobot v3 dataset in episode order.
+
+    ``camera_key`` picks the video feature (default: ``observation.image`` if present, else the
+    first video feature). Episode ids are ``<dataset dir name>/<episode_index>``.
+    """
+    root = Path(root)
+    info = load_info(root)
+    fps = float(info["fps"])
+    features = info["features"]
+    video_keys = [k for k, f in features.items() if f.get("dtype") == "video"]
+    if camera_key is None:
+        if not video_keys:
+            raise ValueError(
+                f"{root / INFO_PATH}: no video features (image-in-parquet datasets are not supported)"
+            )
+        camera_key = "observation.image" if "observation.image" in video_keys else video_keys[0]
+    elif camera_key not in video_keys:
+        raise ValueError(f"{root / INFO_PATH}: no video feature {camera_key!r} (have {video_keys})")
+    video_path = info.get("video_path")
+    if not video_path:
+        raise ValueError(f"{root / INFO_PATH}: video_path is not set")
+    episodes = _load_episodes_table(root)
+    for col in ("chunk_index", "file_index", "from_timestamp"):
+        if f"videos/{camera_key}/{col}" not in episodes.columns:
+            raise ValueError(f"{root}/meta/episodes: no column videos/{camera_key}/{col}")
+    tasks = _load_tasks(root)
+    name = root.name
+
+    table: _FrameTable | None = None
+    videos: dict[Path, _SequentialVideo] = {}
+    try:
+        for row in episodes.to_dict("records"):
+            index, length = int(row["episode_index"]), int(row["length"])
+            data_path = root / info["data_path"].format(
+                chunk_index=int(row["data/chunk_index"]), file_index=int(row["data/file_index"])
+            )
+            if table is None or table.path != data_path:
+                table = _FrameTable(data_path)
+            actions, success, task_index = table.episode(index, length)
+
+            vpath = root / video_path.format(
+                video_key=camera_key,
+                chunk_index=int(row[f"videos/{camera_key}/chunk_index"]),
+                file_index=int(row[f"videos/{camera_key}/file_index"]),
+            )
+            start = float(row[f"videos/{camera_key}/from_timestamp"])
+            video = videos.get(vpath)
+            if video is None or video.position > start + 0.5 / fps:  # (re)open to go back in time
+                if video is not None:
+                    video.close()
+                # keep one decoder open: files are visited in order when written sequentially
+                for other in videos.values():
+                    if other is not video:
+                        other.close()
+                videos = {vpath: _SequentialVideo(vpath, fps)}
+                video = videos[vpath]
+            frames = video.read(start, length, index)
+
+            ep_tasks = row.get("tasks")
+            instruction = None
+            if task_index is not None and task_index in tasks:
+                instruction = tasks[task_index]
+            elif ep_tasks is not None and len(ep_tasks):
+                instruction = str(ep_tasks[0])
+            meta: dict[str, Any] = {"episode_index": index}
+            raw_meta = row.get("meta_json")
+            if isinstance(raw_meta, str) and raw_meta:
+                meta.update(json.loads(raw_meta))
+            source_id = row.get("source_episode_id")
+            if isinstance(source_id, str):
+                meta["source_episode_id"] = source_id
+            task_name = row.get("task_name")
+            yield Episode(
+                episode_id=f"{name}/{index}",
+                frames=frames,
+                fps=fps,
+                instruction=instruction,
+                task=task_name if isinstance(task_name, str) else None,
+                actions=actions,
+                success=success,
+                source=str(vpath),
+                meta=meta,
+            )
+    finally:
+        for video in videos.values():
+            video.close()
+
+
+def dataset_summary(root: str | os.PathLike) -> dict:
+    """Counts from info.json without decoding video (for logs and manifests)."""
+    info = load_info(root)
+    return {k: info.get(k) for k in ("total_episodes", "total_frames", "total_tasks", "fps")}
+
+
+__all__ = [
+    "CODEBASE_VERSION",
+    "dataset_summary",
+    "load_info",
+    "read_lerobot_dataset",
+    "write_lerobot_dataset",
+]
