@@ -1,0 +1,132 @@
+"""The tiny experiment end to end: the local profile, then the Slurm executor on a test cluster.
+
+The Slurm tests need a running cluster (profiles/ci-slurm/cluster/start.sh, which .ci/run
+starts); without one they are skipped.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "workflow" / "lib"))
+
+from lapa_workflow.runner import planned_jobs, run_snakemake  # noqa: E402
+
+STAGE_COMMANDS = [
+    "rollouts", "shards", "train-laq", "label", "make-backbones", "train-foundation",
+    "action-stats", "finetune", "eval-offline", "eval-sim", "results", "plot-curves",
+]  # fmt: skip
+
+
+def missing_commands() -> list[str]:
+    from lapa.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if a.dest == "command")
+    return [c for c in STAGE_COMMANDS if c not in sub.choices]
+
+
+def slurm_ready() -> bool:
+    if not shutil.which("sinfo") or not shutil.which("sacct"):
+        return False
+    try:
+        state = subprocess.run(["sinfo", "-h", "-o", "%t"], capture_output=True, text=True, timeout=10)
+        acct = subprocess.run(["sacct", "-n", "-X", "-S", "now"], capture_output=True, text=True, timeout=10)
+    except (subprocess.TimeoutExpired, OSError):
+        return False
+    return (
+        state.returncode == 0
+        and state.stdout.strip().startswith(("idle", "mix", "alloc"))
+        and acct.returncode == 0
+    )
+
+
+needs_stages = pytest.mark.skipif(
+    bool(missing_commands()), reason=f"stage commands missing: {missing_commands()}"
+)
+needs_slurm = pytest.mark.skipif(
+    not slurm_ready(), reason="no Slurm cluster (profiles/ci-slurm/cluster/start.sh)"
+)
+TINY = {"experiment": "tiny"}
+
+
+def assert_complete_tree(results: Path, arms: list[str], eval_sim: bool) -> None:
+    assert (results / "laq" / "laq.ckpt").stat().st_size > 0
+    assert (results / "laq" / "laq.recon.png").stat().st_size > 0
+    for arm in arms:
+        assert (results / "policy" / arm / "config.json").is_file()
+        metrics = json.loads((results / "eval" / arm / "offline" / "metrics.json").read_text())
+        assert metrics
+        if eval_sim:
+            assert (results / "eval" / arm / "sim" / "metrics.json").is_file()
+    assert (results / "summary" / "results.csv").is_file()
+    assert list((results / "curves").glob("*.png"))
+    # no leftovers of atomic writes
+    assert not [p for p in results.rglob(".*tmp*")], list(results.rglob(".*tmp*"))
+
+
+@pytest.mark.slow
+@needs_stages
+def test_local_profile_runs_tiny_to_completion_and_reports(tmp_path):
+    run_snakemake(tmp_path, "--cores", "2", config=TINY, timeout=1200)
+    results = tmp_path / "results" / "tiny"
+    assert_complete_tree(results, ["lapa", "scratch"], eval_sim=True)
+    assert (tmp_path / "logs" / "tiny" / "bench" / "train_laq.tsv").is_file()
+    # up to date afterwards; a report with the figures builds from the run
+    again = run_snakemake(tmp_path, "-n", config=TINY).stdout
+    assert planned_jobs(again) == {}, again
+    run_snakemake(tmp_path, "--report", str(tmp_path / "report.html"), config=TINY, timeout=300)
+    html = (tmp_path / "report.html").read_text(errors="replace")
+    assert "laq.recon.png" in html and "results.csv" in html
+
+
+@pytest.mark.slow
+@needs_stages
+@needs_slurm
+def test_slurm_profile_runs_tiny_with_a_two_task_foundation_job(tmp_path):
+    overrides = ["workflow.arms=[lapa]", "workflow.eval_sim=false"]
+    started = time.strftime("%Y-%m-%dT%H:%M:%S")
+    run_snakemake(tmp_path, "--profile", "profiles/ci-slurm", config=TINY, overrides=overrides, timeout=1500)
+    results = tmp_path / "results" / "tiny"
+    assert_complete_tree(results, ["lapa"], eval_sim=False)
+    # the foundation model trained as one Slurm job whose step ran two tasks
+    jobs = subprocess.run(
+        ["sacct", "-n", "-P", "-X", "-S", started, "-o", "JobID,Comment"], capture_output=True, text=True
+    ).stdout.splitlines()
+    ids = [line.split("|")[0] for line in jobs if "train_foundation" in line]
+    assert ids, jobs
+    steps = subprocess.run(
+        ["sacct", "-n", "-P", "-j", ids[-1], "-o", "JobID,NTasks,State"], capture_output=True, text=True
+    ).stdout.splitlines()
+    assert any(line.split("|")[1] == "2" and "COMPLETED" in line for line in steps), steps
+
+
+@pytest.mark.slow
+@needs_slurm
+def test_slurm_failing_job_fails_the_run_and_leaves_no_output(tmp_path):
+    """A corrupt video makes `lapa shards pairs` fail inside its Slurm job."""
+    bad = tmp_path / "videos" / "broken.mp4"
+    bad.parent.mkdir()
+    bad.write_bytes(b"this is not a video")
+    overrides = ["data.source=videos", f"data.videos=[{bad}]", "data.sharding.on_error=raise"]
+    proc = run_snakemake(
+        tmp_path / "work",
+        "--profile",
+        "profiles/ci-slurm",
+        "results/tiny/shards/pairs",
+        config=TINY,
+        overrides=overrides,
+        timeout=600,
+        check=False,
+    )
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0, out
+    assert "Error in rule shards_pairs" in out, out[-3000:]
+    assert not (tmp_path / "work" / "results" / "tiny" / "shards" / "pairs").exists()

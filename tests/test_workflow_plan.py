@@ -1,0 +1,149 @@
+"""What `snakemake -n` plans after a change: the changed stage and what follows, nothing upstream.
+
+One fake results tree of the tiny experiment (outputs created empty, then `snakemake --touch`
+records each job's params and code fingerprint) serves every plan; the lapa source that is
+fingerprinted is a copy, so editing code here leaves the repository alone.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "workflow" / "lib"))
+
+from lapa_workflow import codehash  # noqa: E402
+from lapa_workflow.runner import (  # noqa: E402
+    fake_existing_outputs,
+    job_reasons,
+    planned_jobs,
+    run_snakemake,
+    snakemake_command,
+)
+
+UPSTREAM_OF_LAQ = {"rollouts", "shards_pairs", "shards_demos"}
+FROM_LAQ_DOWN = {"train_laq", "label_latent", "train_foundation", "finetune", "eval_offline", "eval_sim"}
+EVERY_RULE = UPSTREAM_OF_LAQ | FROM_LAQ_DOWN | {"make_backbones", "action_stats", "results", "plot_curves"}
+
+
+@pytest.fixture(scope="module")
+def tree(tmp_path_factory):
+    root = tmp_path_factory.mktemp("plan")
+    source = root / "src"
+    shutil.copytree(REPO / "lapa", source / "lapa", ignore=shutil.ignore_patterns("__pycache__"))
+    config = {"experiment": "tiny", "lapa_source": str(source)}
+    work = root / "work"
+    fake_existing_outputs(work, config)
+    return work, source, config
+
+
+def plan(tree, overrides=None, *args):
+    work, _, config = tree
+    out = run_snakemake(work, "-n", *args, config=config, overrides=overrides).stdout
+    return planned_jobs(out), out
+
+
+def test_up_to_date_tree_plans_nothing(tree):
+    jobs, out = plan(tree)
+    assert jobs == {}, out
+
+
+def test_laq_vocabulary_reruns_laq_and_downstream_only(tree):
+    jobs, out = plan(tree, ["laq.quantizer.vocab_size=16"])
+    assert set(jobs) == FROM_LAQ_DOWN | {"results", "plot_curves"}, out
+    assert jobs["finetune"] == 1  # the lapa arm; the scratch arm never saw the LAQ
+    assert jobs["train_laq"] == 1
+    assert any("Params have changed" in r for r in job_reasons(out)["train_laq"])
+
+
+def test_sharding_change_reruns_everything_from_shards_down(tree):
+    jobs, out = plan(tree, ["data.sharding.samples_per_shard=50"])
+    assert "rollouts" not in jobs, out
+    assert set(jobs) == EVERY_RULE - {"rollouts"}, out
+    assert jobs["finetune"] == 2 and jobs["eval_offline"] == 2
+
+
+def test_settings_that_do_not_change_outputs_rerun_nothing(tree):
+    jobs, out = plan(tree, ["data.sharding.workers=7", "cluster.mem_gb=99", "laq.label_batch_size=3"])
+    assert jobs == {}, out
+
+
+def test_finetune_code_edit_reruns_finetune_and_downstream_only(tree):
+    _, source, _ = tree
+    target = source / "lapa" / "finetune" / "commands.py"
+    original = target.read_bytes()
+    try:
+        target.write_bytes(original + b"\n# edited\n")
+        jobs, out = plan(tree)
+    finally:
+        target.write_bytes(original)
+    upstream = UPSTREAM_OF_LAQ | {"train_laq", "label_latent", "make_backbones", "train_foundation"}
+    assert not (set(jobs) & upstream), out
+    assert jobs["finetune"] == 2 and jobs["eval_offline"] == 2, out
+    assert {"results", "plot_curves"} <= set(jobs)
+    reasons = job_reasons(out)
+    # action-stats lives in the finetune package too, so finetune may rerun for both reasons
+    assert any("Params have changed" in r for r in reasons["finetune"] + reasons.get("action_stats", []))
+
+
+def test_overrides_reach_the_lapa_command_lines(tree):
+    _, out = plan(tree, ["laq.quantizer.vocab_size=16"], "--printshellcmds")
+    laq_lines = [line for line in out.splitlines() if "lapa train-laq" in line]
+    assert laq_lines and "laq.quantizer.vocab_size=16" in laq_lines[0]
+    assert "configs/experiment/tiny.yaml" in laq_lines[0]
+
+
+def test_unknown_experiment_lists_the_available_ones(tmp_path):
+    proc = subprocess.run(
+        snakemake_command(tmp_path, "-n", config={"experiment": "nope"}),
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    )
+    assert proc.returncode != 0
+    assert "unknown experiment 'nope'" in proc.stdout + proc.stderr
+    assert "tiny" in proc.stdout + proc.stderr and "default" in proc.stdout + proc.stderr
+
+
+def test_video_source_reads_the_users_files(tmp_path):
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    for i in range(3):
+        (videos / f"clip{i}.mp4").write_bytes(b"")
+    out = run_snakemake(
+        tmp_path / "work",
+        "-n",
+        config={"experiment": "tiny"},
+        overrides=["data.source=videos", f"data.videos=[{videos}/*.mp4]"],
+    ).stdout
+    jobs = planned_jobs(out)
+    assert jobs["rollouts"] == 1  # demonstrations still come from the simulator
+    block = out[out.index("rule shards_pairs:") :].split("\n\n")[0]
+    assert all(f"clip{i}.mp4" in block for i in range(3)), block
+
+
+def test_code_closure_follows_lazy_imports_and_skips_schemas(tmp_path):
+    pkg = tmp_path / "lapa"
+    for sub in ["", "a", "b", "config", "c"]:
+        (pkg / sub).mkdir(parents=True, exist_ok=True)
+        (pkg / sub / "__init__.py").write_text("")
+    (pkg / "a" / "run.py").write_text(
+        "def go():\n    from lapa.b import impl\n    from ..config import schema\n"
+    )
+    (pkg / "b" / "impl.py").write_text("from . import helper\n")
+    (pkg / "b" / "helper.py").write_text("X = 1\n")
+    (pkg / "c" / "other.py").write_text("Y = 2\n")
+    (pkg / "config" / "schema.py").write_text("from lapa.c import other\n")
+    files = {str(p.relative_to(tmp_path)) for p in codehash.closure(tmp_path, ["lapa.a"])}
+    assert "lapa/b/impl.py" in files and "lapa/b/helper.py" in files
+    assert "lapa/config/schema.py" not in files and "lapa/c/other.py" not in files
+    before = codehash.fingerprint(tmp_path, ["lapa.a"])
+    (pkg / "c" / "other.py").write_text("Y = 3\n")
+    assert codehash.fingerprint(tmp_path, ["lapa.a"]) == before
+    (pkg / "b" / "helper.py").write_text("X = 2\n")
+    assert codehash.fingerprint(tmp_path, ["lapa.a"]) != before

@@ -1,0 +1,1 @@
+"""Helpers the Snakefile imports: experiment loading, rule params and code fingerprints."""
