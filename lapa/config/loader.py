@@ -97,6 +97,17 @@ def _collect(path: Path, root: Path, seen: tuple[Path, ...] = ()) -> list[tuple[
     return out
 
 
+def _open_free_form_dicts(node: DictConfig) -> None:
+    """Struct mode checks dataclass fields only: plain ``dict`` fields (timm kwargs, env vars) take any key."""
+    for key in node:
+        child = node._get_node(key)
+        if isinstance(child, DictConfig):
+            if OmegaConf.get_type(child) is dict:
+                OmegaConf.set_struct(child, False)
+            else:
+                _open_free_form_dicts(child)
+
+
 def load_config(
     experiment: str | os.PathLike = "default",
     overrides: list[str] | None = None,
@@ -107,6 +118,7 @@ def load_config(
     root = configs_root or _configs_root_for(path)
     cfg = OmegaConf.structured(ExperimentConfig)
     OmegaConf.set_struct(cfg, True)
+    _open_free_form_dicts(cfg)
     for source, fragment in _collect(path, root):
         cfg = _merge_checked(cfg, fragment, source)
     if overrides:
