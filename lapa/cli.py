@@ -21,6 +21,7 @@ COMMAND_MODULES = [
     "lapa.finetune.commands",
     "lapa.policy.commands",
     "lapa.evaluation.commands",
+    "lapa.evaluation.results_commands",
     "lapa.workflow_commands",
 ]
 

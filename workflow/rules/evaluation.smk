@@ -59,9 +59,21 @@ rule eval_sim:
         "{resources.launcher} lapa eval-sim --policy {input} --out {output} {LAPA_ARGS} > {log} 2>&1"
 
 
+def laq_diagnostics():
+    """The LAQ's metrics and label report, when an arm pretrains on latent actions."""
+    return {"laq": f"{R}/laq/laq.ckpt", "labels": f"{R}/latent"} if "lapa" in ARMS else {}
+
+
+def laq_diagnostics_args(wildcards, input):
+    if "laq" not in input.keys():
+        return ""
+    return f"--laq-metrics {R}/laq/laq.metrics.json --label-report {input.labels}/label_report.json"
+
+
 rule results:
     input:
-        eval_targets(),
+        evals=eval_targets(),
+        **laq_diagnostics(),
     output:
         report(
             directory(f"{R}/summary"),
@@ -73,6 +85,7 @@ rule results:
     params:
         cfg=EXP.config_param("results"),
         code=EXP.code_param("results"),
+        laq_args=laq_diagnostics_args,
     log:
         f"{LOGS}/results.log",
     benchmark:
@@ -82,7 +95,7 @@ rule results:
         mem_mb=grow(2000),
         runtime=grow(10),
     shell:
-        "lapa results --inputs {input} --out {output} {LAPA_ARGS} > {log} 2>&1"
+        "lapa results --inputs {input.evals} {params.laq_args} --out {output} {LAPA_ARGS} > {log} 2>&1"
 
 
 def curve_logs():
