@@ -16,7 +16,9 @@ class VisionBackboneConfig:
 class VisionConfig:
     siglip: VisionBackboneConfig = field(default_factory=VisionBackboneConfig)
     dinov2: VisionBackboneConfig = field(
-        default_factory=lambda: VisionBackboneConfig(arch="vit_large_patch14_reg4_dinov2")
+        default_factory=lambda: VisionBackboneConfig(
+            arch="vit_large_patch14_reg4_dinov2", overrides={"img_size": 224}
+        )
     )
     image_size: int = 224
     freeze: bool = True
@@ -24,13 +26,16 @@ class VisionConfig:
 
 @dataclass
 class LLMConfig:
-    path: str | None = None  # local HF directory (e.g. a Llama-2-7b-hf copy); None: build from the fields below
+    path: str | None = (
+        None  # local HF directory (e.g. a Llama-2-7b-hf copy); None: build from the fields below
+    )
     hidden_size: int = 4096
     intermediate_size: int = 11008
     num_hidden_layers: int = 32
     num_attention_heads: int = 32
     num_key_value_heads: int = 32
     max_position_embeddings: int = 4096
+    rms_norm_eps: float = 1e-5
     vocab_size: int = 32000  # for a locally trained tokenizer, its size is used instead
     tokenizer_path: str | None = None  # local tokenizer directory; None: train a BPE on the instructions
     tokenizer_vocab_size: int = 1024
@@ -43,25 +48,44 @@ class ProjectorConfig:
 
 
 @dataclass
+class HeadConfig:
+    """The latent-action head; both sizes normally come from the labelled shards' info.json.
+
+    A value set here is checked against the shards, so a config written for a 4x8 LAQ fails
+    loudly on shards labelled by a different one.
+    """
+
+    num_tokens: int | None = None
+    vocab_size: int | None = None
+
+
+@dataclass
 class FoundationTrainingConfig:
-    max_steps: int = 10_000
+    max_steps: int = 10_000  # optimizer steps
     batch_size_per_device: int = 16
-    effective_batch_size: int = 4096
+    effective_batch_size: int = 4096  # batch_size_per_device x world size x accumulation
     lr: float = 1e-5
     betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
+    eps: float = 1e-8
     weight_decay: float = 0.1
     warmup_steps: int = 2000
     min_lr: float = 1e-6
     gradient_clip: float = 1.0
-    precision: str = "auto"  # auto: bf16 on GPU, 32-true on CPU
-    strategy: str = "auto"  # auto | ddp | fsdp2 | single
+    precision: str = "auto"  # auto: bf16 on GPU, 32-true on CPU; or a Fabric precision string
+    strategy: str = "auto"  # auto (ddp if several processes, else single) | single | ddp | fsdp2
+    accelerator: str = "auto"  # auto | cpu | cuda
     activation_checkpointing: bool = False
-    devices: int = 1
+    devices: int = 1  # processes per node
+    cpu_threads: int | None = None  # torch threads per process on CPU; None: the default split over devices
     num_nodes: int = 1
+    seed: int | None = None  # None: the experiment seed
     val_every_steps: int = 1000
-    val_batches: int = 20
+    val_batches: int = 20  # per rank; 0 disables validation
     checkpoint_every_steps: int = 1000
     keep_last: int = 5
+    stop_after_steps: int | None = (
+        None  # leave after this many steps in one run (time-limited jobs); rerun resumes
+    )
 
 
 @dataclass
@@ -69,5 +93,6 @@ class FoundationConfig:
     vision: VisionConfig = field(default_factory=VisionConfig)
     projector: ProjectorConfig = field(default_factory=ProjectorConfig)
     llm: LLMConfig = field(default_factory=LLMConfig)
-    max_text_tokens: int = 64
+    head: HeadConfig = field(default_factory=HeadConfig)
+    max_text_tokens: int = 64  # instruction tokens after BOS; longer instructions are truncated
     training: FoundationTrainingConfig = field(default_factory=FoundationTrainingConfig)

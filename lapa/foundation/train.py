@@ -1,0 +1,472 @@
+"""Foundation training with Lightning Fabric (spec 2.2.4), litgpt-style: ``setup`` builds, ``fit`` loops.
+
+One optimizer step = ``accumulation`` micro-batches per rank; ``effective_batch_size`` =
+batch_size_per_device x world size x accumulation. The data stream is step-based: loader epoch
+``e`` is ``checkpoint_every_steps x accumulation`` micro-batches drawn with seed (seed, rank, e),
+so a checkpoint at an epoch boundary resumes without replaying data, and one elsewhere
+(``stop_after_steps``, the final step) fast-forwards the same stream. Model, optimizer,
+scheduler, step, data position and RNG are restored, so a resumed CPU run reaches exactly the
+weights of an uninterrupted one.
+
+Launch: under Slurm ``srun lapa train-foundation ...`` with ``foundation.training.devices`` =
+tasks per node and ``num_nodes`` = nodes (Fabric reads ranks from the Slurm environment);
+locally ``lapa train-foundation ... foundation.training.devices=2 foundation.training.accelerator=cpu``
+starts the extra process itself (gloo).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from lapa.foundation.data import LabelSpec, check_batch, label_spec, preflight_shards
+from lapa.foundation.distributed import RunPlan, full_state_dict, local_parameter_count, make_fabric, plan_run
+from lapa.foundation.metrics import LatentAccuracy
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_PREFIX = "step-"
+
+
+@dataclass
+class Run:
+    """Everything ``fit`` needs, built by ``setup``."""
+
+    fabric: Any
+    plan: RunPlan
+    cfg: Any  # the whole experiment config
+    model: Any  # Fabric-wrapped VLAModel
+    raw_model: Any
+    optimizer: Any
+    scheduler: Any
+    processor: Any
+    tokenizer: Any
+    spec: LabelSpec
+    train_shards: list[str]
+    val_shards: list[str]
+    loader_cfg: Any
+    accumulation: int
+    micro_per_epoch: int
+    seed: int
+    out_dir: Path
+    workdir: Path
+    progress: dict = field(default_factory=lambda: {"step": 0, "epoch": 0, "micro_in_epoch": 0})
+
+    @property
+    def ckpt_dir(self) -> Path:
+        return self.workdir / "checkpoints"
+
+
+def default_workdir(out_dir: str | os.PathLike) -> Path:
+    out = Path(out_dir)
+    return out.parent / f"{out.name}.work"
+
+
+def accumulation_steps(tcfg: Any, world_size: int) -> int:
+    per_step = int(tcfg.batch_size_per_device) * world_size
+    if int(tcfg.effective_batch_size) % per_step:
+        raise ValueError(
+            f"foundation.training.effective_batch_size={tcfg.effective_batch_size} is not a multiple of "
+            f"batch_size_per_device x world size = {per_step}"
+        )
+    return int(tcfg.effective_batch_size) // per_step
+
+
+def setup(fabric: Any, plan: RunPlan, cfg: Any, backbones_dir, shards_dir, out_dir, workdir=None) -> Run:
+    """Build model, optimizer, processor and data description; resume from the latest checkpoint."""
+    from omegaconf import OmegaConf
+
+    from lapa.data.pipeline import list_shards
+    from lapa.foundation.backbones import check_vision_matches, load_backbones
+    from lapa.foundation.heads import LatentActionHead
+    from lapa.foundation.model import VLAModel
+    from lapa.foundation.optim import make_optimizer
+    from lapa.foundation.processing import VLAProcessor
+
+    fcfg, tcfg = cfg.foundation, cfg.foundation.training
+    workdir = Path(workdir) if workdir else default_workdir(out_dir)
+    spec = label_spec(shards_dir, fcfg.head)
+    train_shards = list_shards(shards_dir, "train")
+    try:
+        val_shards = list_shards(shards_dir, "val") if int(tcfg.val_batches) > 0 else []
+    except FileNotFoundError:
+        val_shards = []
+        log.warning("no validation shards in %s/val: validation is off", shards_dir)
+    problem = None
+    if fabric.global_rank == 0:  # one reader; every rank raises the same error (none waits in a collective)
+        try:
+            preflight_shards(train_shards + val_shards, spec)
+        except ValueError as exc:
+            problem = str(exc)
+    problem = fabric.broadcast(problem)
+    if problem:
+        raise ValueError(problem)
+    accumulation = accumulation_steps(tcfg, fabric.world_size)
+    seed = int(tcfg.seed if tcfg.seed is not None else cfg.seed)
+
+    backbones = load_backbones(backbones_dir)
+    check_vision_matches(fcfg.vision, backbones.info, backbones_dir)
+    fabric.seed_everything(seed)  # identical initial weights on every rank (FSDP2 shards one model)
+    head = LatentActionHead(backbones.llm.config.hidden_size, spec.num_tokens, spec.vocab_size)
+    raw = VLAModel(fcfg, num_queries=spec.num_tokens, head=head, llm=backbones.llm, vocab_size=None)
+    try:
+        raw.vision.load_state_dict(backbones.vision_state)
+    except RuntimeError as exc:
+        raise ValueError(f"{backbones_dir}/vision.safetensors does not fit foundation.vision: {exc}") from exc
+    if tcfg.activation_checkpointing:
+        raw.enable_activation_checkpointing()
+    total_params = sum(p.numel() for p in raw.parameters())
+    llm_total = sum(p.numel() for p in raw.llm.parameters())
+
+    model = fabric.setup_module(raw)
+    optimizer, scheduler = make_optimizer(raw, tcfg)
+    optimizer = fabric.setup_optimizers(optimizer)
+    _write_rank_layout(workdir, fabric, plan, raw, total_params, llm_total)
+
+    loader_cfg = OmegaConf.merge(cfg.data.loader, {"batch_size": int(tcfg.batch_size_per_device)})
+    every = int(tcfg.checkpoint_every_steps) or int(tcfg.max_steps)
+    run = Run(
+        fabric=fabric,
+        plan=plan,
+        cfg=cfg,
+        model=model,
+        raw_model=raw,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        processor=VLAProcessor(backbones.tokenizer, int(fcfg.vision.image_size), int(fcfg.max_text_tokens)),
+        tokenizer=backbones.tokenizer,
+        spec=spec,
+        train_shards=train_shards,
+        val_shards=val_shards,
+        loader_cfg=loader_cfg,
+        accumulation=accumulation,
+        micro_per_epoch=max(1, every) * accumulation,
+        seed=seed,
+        out_dir=Path(out_dir),
+        workdir=workdir,
+    )
+    _resume(run)
+    return run
+
+
+def _write_rank_layout(workdir: Path, fabric, plan: RunPlan, raw, total: int, llm_total: int) -> None:
+    """Per-rank parameter counts (what each rank holds after sharding), for inspection."""
+    layout = {
+        "rank": fabric.global_rank,
+        "world_size": fabric.world_size,
+        "strategy": plan.strategy,
+        "params_total": total,
+        "params_local": local_parameter_count(raw),
+        "llm_params_total": llm_total,
+        "llm_params_local": local_parameter_count(raw.llm),
+    }
+    from lapa.utils.io import atomic_write_json
+
+    atomic_write_json(workdir / "ranks" / f"rank-{fabric.global_rank}.json", layout)
+
+
+# -- checkpoints ------------------------------------------------------------------------------
+
+
+def completed_checkpoints(ckpt_dir: Path) -> list[Path]:
+    if not ckpt_dir.is_dir():
+        return []
+    found = [p for p in ckpt_dir.iterdir() if p.is_dir() and p.name.startswith(CHECKPOINT_PREFIX)]
+    return sorted(found, key=lambda p: int(p.name[len(CHECKPOINT_PREFIX) :]))
+
+
+def _state_path(run: Run, ckpt: Path) -> Path:
+    return ckpt / ("state" if run.plan.strategy == "fsdp2" else "state.ckpt")
+
+
+def _rng_state() -> dict:
+    """Generator states as tensors and plain values (loadable with ``weights_only=True``)."""
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "python": random.getstate(),
+        "numpy": [name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)],
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    if state.get("cuda") and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(run: Run) -> Path:
+    """A resumable (sharded under FSDP2) checkpoint, built under a temporary name then renamed."""
+    fabric, step = run.fabric, run.progress["step"]
+    final = run.ckpt_dir / f"{CHECKPOINT_PREFIX}{step:08d}"
+    tmp = run.ckpt_dir / f".{final.name}.tmp"
+    if fabric.global_rank == 0:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    fabric.barrier()
+    progress = {**run.progress, "scheduler": run.scheduler.state_dict(), "rng": _rng_state()}
+    fabric.save(_state_path(run, tmp), {"model": run.model, "optimizer": run.optimizer, "progress": progress})
+    fabric.barrier()
+    if fabric.global_rank == 0:
+        (tmp / "progress.json").write_text(
+            json.dumps({k: run.progress[k] for k in run.progress}, indent=2) + "\n"
+        )
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        keep = max(1, int(run.cfg.foundation.training.keep_last))
+        for old in completed_checkpoints(run.ckpt_dir)[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
+    fabric.barrier()
+    return final
+
+
+def _resume(run: Run) -> None:
+    fabric = run.fabric
+    latest = None
+    if fabric.global_rank == 0:
+        if run.ckpt_dir.is_dir():
+            for stale in run.ckpt_dir.glob(f".{CHECKPOINT_PREFIX}*.tmp"):
+                shutil.rmtree(stale, ignore_errors=True)
+        found = completed_checkpoints(run.ckpt_dir)
+        latest = str(found[-1]) if found else None
+    latest = fabric.broadcast(latest)
+    if latest is None:
+        return
+    state = {"model": run.model, "optimizer": run.optimizer, "progress": {}}
+    fabric.load(_state_path(run, Path(latest)), state)
+    progress = state["progress"]
+    run.scheduler.load_state_dict(progress.pop("scheduler"))
+    _set_rng_state(progress.pop("rng"))
+    run.progress = progress
+    if fabric.global_rank == 0:
+        log.info("resumed from %s at step %d", latest, progress["step"])
+
+
+# -- data -------------------------------------------------------------------------------------
+
+
+def _train_batches(run: Run):
+    """Micro-batches forever, from the saved data position on (epochs of ``micro_per_epoch``)."""
+    from lapa.data.pipeline import make_loader
+
+    fabric = run.fabric
+    while True:
+        epoch, skip = run.progress["epoch"], run.progress["micro_in_epoch"]
+        loader = make_loader(
+            run.train_shards,
+            "foundation",
+            run.loader_cfg,
+            train=True,
+            epoch_samples=run.micro_per_epoch * int(run.loader_cfg.batch_size),
+            seed=run.seed,
+            rank=fabric.global_rank,
+            world_size=fabric.world_size,
+        )
+        loader.dataset.set_epoch(epoch)
+        iterator = iter(loader)
+        for index in range(run.micro_per_epoch):
+            try:
+                batch = next(iterator)
+            except StopIteration:
+                raise RuntimeError(
+                    f"the loader ended after {index} of {run.micro_per_epoch} batches"
+                ) from None
+            if index < skip:
+                continue
+            check_batch(batch, run.spec, run.train_shards)
+            run.progress["micro_in_epoch"] = index + 1
+            yield batch
+        del iterator
+        run.progress["epoch"] = epoch + 1
+        run.progress["micro_in_epoch"] = 0
+
+
+def _inputs(run: Run, batch: dict) -> tuple[dict, torch.Tensor]:
+    inputs = run.processor(batch["image"], batch["text"])
+    device = run.fabric.device
+    return {k: v.to(device) for k, v in inputs.items()}, batch["latent"].to(device)
+
+
+def _loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten())
+
+
+# -- loop -------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def validate(run: Run) -> dict[str, float]:
+    """Top-1/top-3 latent accuracy and loss over at most ``val_batches`` batches per rank.
+
+    Ranks step in lockstep (a sharded forward is collective) and stop when any runs out.
+    """
+    from lapa.data.pipeline import make_loader
+
+    fabric, tcfg = run.fabric, run.cfg.foundation.training
+    acc = LatentAccuracy(run.spec.num_tokens, run.spec.vocab_size)
+    loader = make_loader(
+        run.val_shards,
+        "foundation",
+        run.loader_cfg,
+        train=False,
+        rank=fabric.global_rank,
+        world_size=fabric.world_size,
+    )
+    run.model.eval()
+    iterator = iter(loader)
+    for _ in range(int(tcfg.val_batches)):
+        batch = next(iterator, None)
+        have = torch.tensor([0.0 if batch is None else 1.0], device=fabric.device)
+        if fabric.world_size > 1:
+            have = fabric.all_reduce(have, reduce_op="min")
+        if float(have) < 1:
+            break
+        check_batch(batch, run.spec, run.val_shards)
+        inputs, targets = _inputs(run, batch)
+        logits = run.model(inputs["images"], inputs["input_ids"], inputs["attention_mask"])
+        loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), reduction="none")
+        acc.update(logits, targets, float(loss.view(targets.shape).mean(1).sum()))
+    run.model.train()
+    counts = acc.counts.to(fabric.device)
+    if fabric.world_size > 1:
+        counts = fabric.all_reduce(counts, reduce_op="sum")
+    return acc.compute(counts)
+
+
+def fit(run: Run) -> dict:
+    """Train to ``max_steps`` (or ``stop_after_steps`` more), then export the consolidated checkpoint."""
+    fabric, tcfg = run.fabric, run.cfg.foundation.training
+    log_every = max(1, int(run.cfg.logging.log_every_steps))
+    max_steps = int(tcfg.max_steps)
+    stop_at = max_steps
+    if tcfg.stop_after_steps is not None:
+        stop_at = min(max_steps, run.progress["step"] + int(tcfg.stop_after_steps))
+    val_every = int(tcfg.val_every_steps)
+    val_on = bool(run.val_shards) and val_every > 0
+    ckpt_every = int(tcfg.checkpoint_every_steps)
+    multi = fabric.world_size > 1
+    samples_per_step = int(tcfg.batch_size_per_device) * fabric.world_size * run.accumulation
+
+    metrics: dict[str, float] = {}
+    if val_on and run.progress["step"] == 0:
+        metrics = {f"val/{k}": v for k, v in validate(run).items()}
+        fabric.log_dict(metrics, step=0)
+    batches = _train_batches(run)
+    run.model.train()
+    loss_sum, loss_count, t0, steps_timed = 0.0, 0, time.perf_counter(), 0
+    while run.progress["step"] < stop_at:
+        for micro in range(run.accumulation):
+            batch = next(batches)
+            inputs, targets = _inputs(run, batch)
+            last = micro == run.accumulation - 1
+            with fabric.no_backward_sync(run.model, enabled=multi and not last):
+                logits = run.model(inputs["images"], inputs["input_ids"], inputs["attention_mask"])
+                loss = _loss(logits, targets)
+                fabric.backward(loss / run.accumulation)
+            loss_sum += float(loss.detach())
+            loss_count += 1
+        grad_norm = fabric.clip_gradients(run.model, run.optimizer, max_norm=float(tcfg.gradient_clip))
+        run.optimizer.step()
+        run.optimizer.zero_grad(set_to_none=True)
+        run.scheduler.step()
+        run.progress["step"] += 1
+        step = run.progress["step"]
+        steps_timed += 1
+
+        if step % log_every == 0 or step == stop_at:
+            stats = torch.tensor([loss_sum, float(loss_count)], device=fabric.device)
+            if multi:
+                stats = fabric.all_reduce(stats, reduce_op="sum")
+            elapsed = time.perf_counter() - t0
+            norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm
+            metrics = {
+                "train/loss": float(stats[0] / stats[1]),
+                "train/lr": run.scheduler.get_last_lr()[0],
+                "train/grad_norm": float(norm) if norm is not None else float("nan"),
+                "train/samples_per_s": samples_per_step * steps_timed / max(elapsed, 1e-9),
+            }
+            fabric.log_dict(metrics, step=step)
+            if fabric.global_rank == 0:
+                log.info("step %d loss %.4f lr %.2e", step, metrics["train/loss"], metrics["train/lr"])
+            loss_sum, loss_count, t0, steps_timed = 0.0, 0, time.perf_counter(), 0
+        if val_on and (step % val_every == 0 or step == max_steps):
+            val = {f"val/{k}": v for k, v in validate(run).items()}
+            fabric.log_dict(val, step=step)
+            metrics.update(val)
+            if fabric.global_rank == 0:
+                log.info("step %d val top1 %.3f top3 %.3f", step, val["val/top1_acc"], val["val/top3_acc"])
+        if (ckpt_every > 0 and step % ckpt_every == 0) or step == stop_at:
+            save_checkpoint(run)
+    batches.close()
+
+    if run.progress["step"] < max_steps:
+        if fabric.global_rank == 0:
+            log.info(
+                "stopped at step %d of %d; rerun the same command to resume", run.progress["step"], max_steps
+            )
+        return {"complete": False, "step": run.progress["step"], **metrics}
+    export(run, metrics)
+    return {"complete": True, "step": run.progress["step"], **metrics}
+
+
+def export(run: Run, metrics: dict) -> None:
+    """Gather the weights and write the consolidated checkpoint at the output path (rank 0)."""
+    from lapa.foundation.checkpoint import save_foundation
+
+    state = full_state_dict(run.raw_model, run.plan.strategy)
+    if run.fabric.global_rank == 0:
+        extra = {"step": run.progress["step"], "metrics": {k: float(v) for k, v in metrics.items()}}
+        save_foundation(
+            run.raw_model, run.tokenizer, run.cfg.foundation, run.out_dir, extra, state_dict=state
+        )
+        log.info("foundation checkpoint written to %s", run.out_dir)
+    run.fabric.barrier()
+
+
+def make_loggers(cfg: Any, workdir: Path) -> list:
+    from lightning.fabric.loggers import CSVLogger
+
+    loggers: list = [CSVLogger(root_dir=str(workdir / "logs"), name="foundation")]
+    if cfg.logging.wandb:
+        os.environ.setdefault("WANDB_MODE", cfg.logging.wandb_mode)
+        from lightning.pytorch.loggers import WandbLogger
+
+        loggers.append(WandbLogger(project=cfg.logging.wandb_project, save_dir=str(workdir), name=cfg.name))
+    return loggers
+
+
+def train_foundation(cfg: Any, backbones_dir, shards_dir, out_dir, workdir=None) -> dict:
+    """The ``lapa train-foundation`` entry point: plan, launch, setup, fit."""
+    for label, path in (("backbones", backbones_dir), ("shards", shards_dir)):
+        if not Path(path).is_dir():
+            raise FileNotFoundError(f"--{label} directory not found: {path}")
+    plan = plan_run(cfg.foundation.training)
+    workdir = Path(workdir) if workdir else default_workdir(out_dir)
+    fabric = make_fabric(plan, activation_checkpointing=False, loggers=make_loggers(cfg, workdir))
+    fabric.launch()
+    if (
+        plan.accelerator == "cpu"
+    ):  # processes on one machine share its cores; oversubscribing them is very slow
+        threads = cfg.foundation.training.cpu_threads
+        torch.set_num_threads(int(threads) if threads else max(1, torch.get_num_threads() // plan.devices))
+    run = setup(fabric, plan, cfg, backbones_dir, shards_dir, out_dir, workdir)
+    result = fit(run)
+    for logger in fabric.loggers:
+        logger.finalize("success")
+    return result

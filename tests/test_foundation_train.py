@@ -1,0 +1,204 @@
+"""Foundation training: overfitting, bad labels, and resuming to exactly the same weights."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from lapa.config import load_config
+from lapa.foundation.backbones import make_backbones, read_instructions
+from lapa.foundation.synthetic import write_labelled_shards
+from lapa.foundation.train import train_foundation
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = REPO / "configs"
+EXPERIMENT = """defaults:
+  - data/metaworld_small
+  - model/vla_tiny
+  - training/vla_cpu
+  - cluster/local
+name: vla_test
+data:
+  loader: {batch_size: 8, num_workers: 0, shuffle_buffer: 32, image_size: 64, augment: false}
+foundation:
+  training: {cpu_threads: 1}
+"""
+
+
+def experiment_file(root: Path) -> Path:
+    path = root / "exp" / "vla_test.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(EXPERIMENT)
+    return path
+
+
+def config(root: Path, *overrides: str):
+    return load_config(experiment_file(root), list(overrides), configs_root=CONFIGS)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    """32 labelled training samples (the same 32 as the validation split) and tiny backbones."""
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("vla")
+    shards = root / "shards"
+    write_labelled_shards(shards, num_train=32, num_val=0, samples_per_shard=16)
+    (shards / "val").mkdir()
+    for tar in sorted((shards / "train").glob("*.tar")):
+        shutil.copy(tar, shards / "val" / tar.name.replace("train", "val"))
+    cfg = config(root)
+    make_backbones(cfg.foundation, read_instructions([shards]), root / "backbones")
+    return root, shards, root / "backbones"
+
+
+def test_overfits_32_samples(data, tmp_path):
+    from lapa.foundation.checkpoint import load_foundation
+    from lapa.foundation.processing import VLAProcessor
+
+    root, shards, backbones = data
+    cfg = config(
+        root,
+        "foundation.training.max_steps=60",
+        "foundation.training.batch_size_per_device=32",  # full batches: no gradient noise
+        "foundation.training.effective_batch_size=32",
+        "foundation.training.lr=3e-3",
+        "foundation.training.min_lr=1e-4",
+        "foundation.training.weight_decay=0",
+        "foundation.training.warmup_steps=5",
+        "foundation.training.val_every_steps=1000",
+        "foundation.training.val_batches=4",
+        "foundation.training.checkpoint_every_steps=0",
+    )
+    result = train_foundation(cfg, backbones, shards, tmp_path / "found")
+    assert result["complete"] and result["val/top1_acc"] > 0.95 and result["val/samples"] == 32
+
+    # the consolidated artifact reproduces the accuracy on its own
+    model, tokenizer, fcfg, head = load_foundation(tmp_path / "found")
+    assert head["metrics"]["val/top1_acc"] == pytest.approx(result["val/top1_acc"])
+    from lapa.data.pipeline import make_loader
+
+    processor = VLAProcessor(tokenizer, fcfg.vision.image_size, fcfg.max_text_tokens)
+    hits = total = 0
+    for batch in make_loader(shards, "foundation", cfg.data.loader, train=False, num_workers=0):
+        inputs = processor(batch["image"], batch["text"])
+        with torch.no_grad():
+            pred = model(inputs["images"], inputs["input_ids"], inputs["attention_mask"]).argmax(-1)
+        hits += int((pred == batch["latent"]).sum())
+        total += batch["latent"].numel()
+    assert total == 128 and hits / total > 0.95
+
+
+def _bad_shards(root: Path, **kw) -> Path:
+    shards = root / "bad"
+    write_labelled_shards(shards, num_train=16, num_val=0, samples_per_shard=8, **kw)
+    return shards
+
+
+def test_out_of_vocabulary_labels_name_the_shard(data, tmp_path):
+    root, _, backbones = data
+    # labels drawn from 16 codes, info.json claims 8: the first bad index is reported with its shard
+    shards = _bad_shards(tmp_path, vocab_size=16, info_overrides={"vocab_size": 8}, seed=3)
+    cfg = config(root, "foundation.training.max_steps=2", "foundation.training.val_batches=0")
+    with pytest.raises(ValueError, match=r"latent-train-00000[01]\.tar.*outside the vocabulary \[0, 8\)"):
+        train_foundation(cfg, backbones, shards, tmp_path / "found")
+    assert not (tmp_path / "found").exists()
+
+
+def test_num_tokens_mismatch_names_the_source(data, tmp_path):
+    root, _, backbones = data
+    shards = _bad_shards(tmp_path)
+    cfg = config(root, "foundation.head.num_tokens=6", "foundation.training.val_batches=0")
+    with pytest.raises(
+        ValueError, match=r"info\.json says num_tokens=4 but the config sets foundation\.head\.num_tokens=6"
+    ):
+        train_foundation(cfg, backbones, shards, tmp_path / "found")
+    # a shard labelled with another token count than its directory's info.json
+    other = tmp_path / "other"
+    write_labelled_shards(other, num_train=8, num_tokens=6, info_overrides={"num_tokens": 4})
+    cfg = config(root, "foundation.training.val_batches=0")
+    with pytest.raises(ValueError, match=r"latent-train-000000\.tar.*expected num_tokens=4"):
+        train_foundation(cfg, backbones, other, tmp_path / "found")
+
+
+RESUME_ARGS = (
+    "foundation.training.max_steps=6",
+    "foundation.training.checkpoint_every_steps=2",
+    "foundation.training.val_every_steps=1000",
+    "foundation.training.val_batches=1",
+    "foundation.training.batch_size_per_device=4",
+    "foundation.training.effective_batch_size=8",  # 2 accumulation steps
+    "data.loader.augment=true",  # the augmentation stream must resume too
+)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(data, tmp_path_factory):
+    root, shards, backbones = data
+    out = tmp_path_factory.mktemp("full") / "found"
+    train_foundation(config(root, *RESUME_ARGS), backbones, shards, out)
+    return load_file(str(out / "model.safetensors"))
+
+
+def _assert_same_weights(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+def test_resume_mid_interval_reaches_the_same_weights(data, uninterrupted, tmp_path):
+    """Stop after 3 steps (between checkpoints: the data stream is fast-forwarded), rerun, compare."""
+    root, shards, backbones = data
+    first = train_foundation(
+        config(root, *RESUME_ARGS, "foundation.training.stop_after_steps=3"),
+        backbones,
+        shards,
+        tmp_path / "found",
+    )
+    assert not first["complete"] and first["step"] == 3 and not (tmp_path / "found").exists()
+    second = train_foundation(config(root, *RESUME_ARGS), backbones, shards, tmp_path / "found")
+    assert second["complete"]
+    _assert_same_weights(load_file(str(tmp_path / "found" / "model.safetensors")), uninterrupted)
+
+
+@pytest.mark.slow
+def test_resume_after_kill_reaches_the_same_weights(data, uninterrupted, tmp_path):
+    root, shards, backbones = data
+    out, ckpts = tmp_path / "found", tmp_path / "found.work" / "checkpoints"
+    cmd = [
+        sys.executable,
+        "-m",
+        "lapa",
+        "train-foundation",
+        "--backbones",
+        str(backbones),
+        "--shards",
+        str(shards),
+        "--out",
+        str(out),
+        "-c",
+        str(experiment_file(root)),
+        *RESUME_ARGS,
+    ]
+    env = {**os.environ, "LAPA_CONFIGS": str(CONFIGS), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 240
+    while not (ckpts / "step-00000002").is_dir():
+        assert proc.poll() is None, proc.stderr.read().decode()[-3000:]
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not out.exists(), "the run finished before it could be killed"
+    result = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "resumed from" in result.stderr
+    _assert_same_weights(load_file(str(out / "model.safetensors")), uninterrupted)
