@@ -1,4 +1,4 @@
-"""Configuration of action statistics and finetuning (stage 3)."""
+"""Configuration of action statistics, finetuning (stage 3) and serving the policy."""
 
 from __future__ import annotations
 
@@ -10,6 +10,18 @@ class ActionStatsConfig:
     low_quantile: float = 0.01
     high_quantile: float = 0.99
     num_bins: int = 256
+    split: str = "train"  # statistics come from the training demonstrations only
+
+
+@dataclass
+class ServeConfig:
+    """Limits of the HTTP policy server; requests beyond them get a 4xx answer."""
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    max_image_bytes: int = 8_000_000  # encoded size (after base64 decoding)
+    max_image_pixels: int = 4096 * 4096  # width x height of the decoded image
+    max_instruction_chars: int = 1000
 
 
 @dataclass
@@ -19,14 +31,20 @@ class FinetuneConfig:
     max_steps: int = 5000
     batch_size: int = 32
     lr: float = 2e-5
+    head_lr: float | None = None  # learning rate of the new head; None: lr
     betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
     weight_decay: float = 0.0
     warmup_steps: int = 200
     min_lr: float = 1e-6
     gradient_clip: float = 1.0
-    precision: str = "auto"
+    precision: str = "auto"  # auto: bf16-mixed on GPU, 32-true on CPU
     freeze_vision: bool = True
+    freeze_projector: bool = False
     val_every_steps: int = 500
     val_batches: int = 20
     checkpoint_every_steps: int = 500
     devices: int = 1
+    num_nodes: int = 1
+    strategy: str = "auto"  # auto | ddp | fsdp
+    seed: int | None = None  # None: the experiment seed
+    serve: ServeConfig = field(default_factory=ServeConfig)

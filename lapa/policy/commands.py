@@ -1,0 +1,85 @@
+"""``lapa serve`` and ``lapa export``."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+from lapa.cli import add_config_arguments, load_config_from_args
+
+log = logging.getLogger(__name__)
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "serve",
+        help="serve a policy over HTTP (POST /act, GET /health)",
+        description="Load a policy directory and answer POST /act (an image as multipart JPEG/PNG or base64 "
+        "JSON, and an instruction) with the continuous action as JSON. Limits: finetune.serve.*. "
+        "Reads: policy directory. Writes: nothing.",
+    )
+    p.add_argument("--policy", required=True, help="policy directory (lapa finetune)")
+    p.add_argument("--host", default=None, help="bind address (default finetune.serve.host, 127.0.0.1)")
+    p.add_argument("--port", type=int, default=None, help="port (default finetune.serve.port, 8000)")
+    p.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
+    add_config_arguments(p)
+    p.set_defaults(func=run_serve)
+
+    p = sub.add_parser(
+        "export",
+        help="export a policy's network to ONNX and check it against PyTorch",
+        description="Export preprocessed images + token ids + mask -> action logits to ONNX (TorchScript "
+        "tracing), then compare onnxruntime with PyTorch on example inputs. Reads: policy directory. "
+        "Writes: the ONNX file.",
+    )
+    p.add_argument("--policy", required=True, help="policy directory (lapa finetune)")
+    p.add_argument("--out", required=True, help="output .onnx file")
+    p.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
+    p.add_argument(
+        "--atol", type=float, default=1e-4, help="largest logit difference accepted (default 1e-4)"
+    )
+    add_config_arguments(p)
+    p.set_defaults(func=run_export)
+
+
+def _device(value: str | None) -> str:
+    import torch
+
+    return value or ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from omegaconf import OmegaConf
+
+    from lapa.policy.policy import LAPAPolicy
+    from lapa.policy.server import serve
+
+    cfg = load_config_from_args(args)
+    limits = OmegaConf.to_object(cfg.finetune.serve)
+    limits = replace(limits, host=args.host or limits.host, port=args.port or limits.port)
+    policy = LAPAPolicy.from_pretrained(args.policy, device=_device(args.device))
+    serve(policy, limits, name=str(args.policy))
+    return 0
+
+
+def run_export(args: argparse.Namespace) -> int:
+    from lapa.policy.export import INPUT_NAMES, example_inputs, export_onnx, onnx_logits
+    from lapa.policy.policy import LAPAPolicy
+
+    load_config_from_args(args)  # validates -c/overrides like every command
+    policy = LAPAPolicy.from_pretrained(args.policy, device="cpu")
+    export_onnx(policy, args.out, opset=args.opset)
+    inputs = example_inputs(policy, batch=3)
+    import torch
+
+    with torch.no_grad():
+        ref = policy.model(*(inputs[k] for k in INPUT_NAMES)).float().numpy()
+    diff = float(abs(onnx_logits(args.out, inputs) - ref).max())
+    if diff > args.atol:
+        raise ValueError(
+            f"{args.out}: onnxruntime and PyTorch disagree (max |diff| {diff:.3g} > atol {args.atol})"
+        )
+    log.info("exported %s; onnxruntime matches PyTorch (max |diff| %.3g)", args.out, diff)
+    return 0
