@@ -98,7 +98,7 @@ def _collect(path: Path, root: Path, seen: tuple[Path, ...] = ()) -> list[tuple[
 
 
 def _open_free_form_dicts(node: DictConfig) -> None:
-    """Struct mode checks dataclass fields only: plain ``dict`` fields (timm kwargs, env vars) take any key."""
+    """Struct mode checks dataclass fields only: plain ``dict`` fields (timm kwargs, env) take any key."""
     for key in node:
         child = node._get_node(key)
         if isinstance(child, DictConfig):
