@@ -11,6 +11,7 @@ class LAQEncoderConfig:
     channel_multipliers: list[int] = field(default_factory=lambda: [1, 2, 4, 8])
     num_res_blocks: int = 2
     latent_dim: int = 256
+    input: str = "difference"  # difference: (frame t, t+1 - t), a better-conditioned 6-channel pair | concat
 
 
 @dataclass
@@ -19,13 +20,16 @@ class LAQQuantizerConfig:
     vocab_size: int = 8
     embedding_dim: int = 256
     beta: float = 0.25
+    commitment_warmup_steps: int = 1000  # beta ramps up from 0 (a full early commitment loss collapses codes)
     pooling: str = "attention"  # attention | average | linear
-    ema: bool = False
+    attention_heads: int = 4
+    ema: bool = False  # update codes by exponential moving averages instead of the codebook loss
     ema_decay: float = 0.99
+    kmeans_init: bool = True  # seed the codebook from k-means over the first training batch
     dead_code_restart: bool = True
-    dead_code_window: int = 100  # steps a code may stay unused before it is reseeded
+    dead_code_window: int = 100  # training steps a code may stay unused before it is reseeded
     l2_normalize: bool = True
-    lookup_dim: int | None = None  # low-dimensional lookup (None: embedding_dim)
+    lookup_dim: int | None = 32  # low-dimensional lookup (None: embedding_dim)
 
 
 @dataclass
@@ -34,25 +38,34 @@ class LAQDecoderConfig:
     channel_multipliers: list[int] = field(default_factory=lambda: [1, 2, 4, 8])
     num_res_blocks: int = 2
     conditioning: str = "film"  # how action tokens enter the frame-t context: film | add | cross_attention
+    skip_connections: bool = True  # U-Net skips from the frame-t context encoder
+    residual_output: bool = True  # predict a change of frame t (in tanh pre-activation space)
 
 
 @dataclass
 class LAQTrainingConfig:
     max_steps: int = 100_000
-    batch_size: int = 256
+    batch_size: int = 256  # per device; overrides data.loader.batch_size for this stage
+    num_workers: int | None = None  # None: data.loader.num_workers
     lr: float = 1e-4
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    eps: float = 1e-8
     weight_decay: float = 0.01
     warmup_steps: int = 1000
     min_lr: float = 1e-6
     gradient_clip: float = 1.0
     precision: str = "auto"  # auto: bf16-mixed on GPU, 32-true on CPU
+    accelerator: str = "auto"  # auto | cpu | gpu
+    epoch_samples: int = 100_000  # samples per pass of the (resampled) training stream
     val_every_steps: int = 1000
     val_batches: int = 20
     checkpoint_every_steps: int = 1000
     num_images_to_log: int = 8
+    action_bins: int = 8  # bins per true-action dimension for the mutual-information probe
+    export: str = "last"  # which weights --out receives: last | best (lowest validation reconstruction loss)
     devices: int = 1
     num_nodes: int = 1
+    deterministic: bool = False  # torch deterministic algorithms (exact resume on GPU at some speed cost)
 
 
 @dataclass
@@ -63,3 +76,4 @@ class LAQConfig:
     decoder: LAQDecoderConfig = field(default_factory=LAQDecoderConfig)
     training: LAQTrainingConfig = field(default_factory=LAQTrainingConfig)
     label_batch_size: int = 256
+    label_workers: int = 2

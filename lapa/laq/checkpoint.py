@@ -1,0 +1,36 @@
+"""Rebuild a LAQ model from a training checkpoint, with errors that name the file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from lapa.laq.model import ARCH_KEYS, LAQModel
+
+
+def load_laq(path, map_location="cpu") -> LAQModel:
+    """The ``LAQModel`` (eval mode) of a ``lapa train-laq`` checkpoint; architecture from its hparams."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"LAQ checkpoint not found: {path}")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:
+        raise ValueError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {exc})") from exc
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
+        raise ValueError(f"{path}: not a LAQ checkpoint (no state_dict)")
+    arch = (ckpt.get("hyper_parameters") or {}).get("arch")
+    if not isinstance(arch, dict) or any(k not in arch for k in ARCH_KEYS):
+        raise ValueError(f"{path}: not a LAQ checkpoint (no LAQ architecture in its hyper-parameters)")
+    try:
+        model = LAQModel(arch)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ValueError(f"{path}: cannot rebuild the LAQ from its stored architecture: {exc}") from exc
+    prefix = "model."
+    state = {k[len(prefix) :]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise ValueError(f"{path}: weights do not match the stored LAQ architecture: {exc}") from exc
+    return model.eval()

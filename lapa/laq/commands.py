@@ -1,0 +1,63 @@
+"""``lapa train-laq`` and ``lapa label`` (see docs/commands.md)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+from lapa.cli import add_config_arguments, load_config_from_args
+
+log = logging.getLogger(__name__)
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train-laq", help="train the latent action quantizer on frame-pair shards")
+    p.add_argument("--shards", required=True, help="frame-pair shard directory")
+    p.add_argument("--out", required=True, help="output checkpoint path (e.g. laq/laq.ckpt)")
+    p.add_argument("--workdir", default=None, help="scratch/resume directory (default: <out dir>/work)")
+    add_config_arguments(p)
+    p.set_defaults(func=run_train)
+
+    p = sub.add_parser("label", help="label frame-pair shards with latent actions (or binned true actions)")
+    p.add_argument("--shards", required=True, help="frame-pair shard directory")
+    p.add_argument("--out", required=True, help="output labelled shard directory")
+    p.add_argument("--checkpoint", default=None, help="LAQ checkpoint (targets=laq)")
+    p.add_argument("--targets", choices=["laq"], default="laq", help="what each pair is labelled with")
+    p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    add_config_arguments(p)
+    p.set_defaults(func=run_label)
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from lapa.laq.train import train_laq
+
+    cfg = load_config_from_args(args)
+    train_laq(cfg, args.shards, args.out, args.workdir)
+    return 0
+
+
+def run_label(args: argparse.Namespace) -> int:
+    import torch
+
+    from lapa.laq.checkpoint import load_laq
+    from lapa.laq.label import LAQTarget, label_shards
+
+    cfg = load_config_from_args(args)
+    if args.checkpoint is None:
+        raise ValueError("--checkpoint is required with --targets laq")
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    target = LAQTarget(load_laq(args.checkpoint), device)
+    report = label_shards(
+        args.shards,
+        args.out,
+        target,
+        batch_size=cfg.laq.label_batch_size,
+        num_workers=cfg.laq.label_workers,
+        on_error=cfg.data.loader.on_error,
+        action_bins=cfg.laq.training.action_bins,
+        samples_per_shard=cfg.data.sharding.samples_per_shard,
+        max_shard_bytes=cfg.data.sharding.max_shard_bytes,
+        extra_info={"checkpoint": str(args.checkpoint)},
+    )
+    log.info("labelled %s into %s", report["counts"], args.out)
+    return 0

@@ -1,0 +1,258 @@
+"""``lapa label``: frame-pair shards in, latent-labelled shards out (spec 2.2.3, docs/artifacts.md).
+
+Input shards are indexed (tar headers only) and cut into chunks that never cross a shard; loader
+workers decode chunks and the map-style DataLoader returns them in input order, and the shard
+writer fixes tar metadata, so the same checkpoint and shards give byte-identical tars. The
+per-pair target is pluggable (``LabelTarget``): LAQ codes here, binned true actions for the
+action-pretrained arm.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tarfile
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from lapa.data.codec import decode_jpeg
+from lapa.data.pipeline import list_shards, read_info
+from lapa.data.shards import ShardWriter, write_shard_dir_metadata
+from lapa.data.transforms import resize_uint8
+from lapa.laq import metrics as M
+from lapa.utils.io import atomic_directory, atomic_write_json
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "val")
+
+
+class LabelTarget(Protocol):
+    """What a labelled pair is tagged with: ``num_tokens`` ints in ``[0, vocab_size)``."""
+
+    name: str
+    num_tokens: int
+    vocab_size: int
+    needs_images: bool
+
+    def __call__(self, batch: dict) -> np.ndarray:  # int64 [B, num_tokens]
+        ...
+
+
+class LAQTarget:
+    """The LAQ's discrete latent action of each pair (batched, ``torch.inference_mode``)."""
+
+    name = "laq"
+    needs_images = True
+
+    def __init__(self, model, device: str | torch.device = "cpu"):
+        self.model = model.to(device).eval()
+        self.device = torch.device(device)
+        self.num_tokens, self.vocab_size = model.num_tokens, model.vocab_size
+        self.image_size = model.image_size
+
+    def __call__(self, batch: dict) -> np.ndarray:
+        with torch.inference_mode():
+            ft = batch["frame_t"].to(self.device, non_blocking=True)
+            ft1 = batch["frame_t1"].to(self.device, non_blocking=True)
+            return self.model.predict_indices(ft, ft1).cpu().numpy().astype(np.int64)
+
+
+@dataclass
+class Chunk:
+    shard: str
+    shard_index: int
+    keys: list[str]
+    members: list[dict]  # per key: {ext: tar member name}
+
+
+def index_shard(path: str) -> OrderedDict:
+    """key -> {ext: member name}, in tar order, reading headers only."""
+    samples: OrderedDict[str, dict] = OrderedDict()
+    try:
+        with tarfile.open(path, mode="r:") as tar:
+            for member in tar.getmembers():
+                if not member.isfile():
+                    continue
+                base = member.name.rsplit("/", 1)[-1]
+                if "." not in base:
+                    continue
+                key, ext = base.split(".", 1)
+                samples.setdefault(key, {})[ext] = member.name
+    except (tarfile.TarError, OSError) as exc:
+        raise ValueError(f"{path}: unreadable shard ({type(exc).__name__}: {exc})") from exc
+    return samples
+
+
+class PairChunks(Dataset):
+    """Map-style: chunk i -> decoded frames (resized to the model's size), raw frame-t JPEGs, metadata."""
+
+    def __init__(self, chunks: list[Chunk], image_size: int | None, on_error: str):
+        self.chunks, self.image_size, self.on_error = chunks, image_size, on_error
+
+    def __len__(self) -> int:
+        return len(self.chunks)
+
+    def __getitem__(self, i: int) -> dict:
+        chunk = self.chunks[i]
+        ft, ft1, raw, metas, keys, skipped = [], [], [], [], [], []
+        with tarfile.open(chunk.shard, mode="r:") as tar:
+            for key, names in zip(chunk.keys, chunk.members):
+                try:
+                    missing = [e for e in ("t.jpg", "t1.jpg", "json") if e not in names]
+                    if missing:
+                        raise ValueError(f"missing {', '.join(missing)}")
+                    t_bytes = tar.extractfile(names["t.jpg"]).read()
+                    meta = json.loads(tar.extractfile(names["json"]).read())
+                    if self.image_size is not None:
+                        ft.append(decode_jpeg(t_bytes))
+                        ft1.append(decode_jpeg(tar.extractfile(names["t1.jpg"]).read()))
+                except Exception as exc:
+                    message = f"{chunk.shard}: sample {key!r}: {type(exc).__name__}: {exc}"
+                    if self.on_error == "raise":
+                        raise ValueError(message) from exc
+                    log.warning("skipped: %s", message)
+                    skipped.append(message)
+                    continue
+                raw.append(t_bytes)
+                metas.append(meta)
+                keys.append(key)
+        out = {"shard_index": chunk.shard_index, "keys": keys, "raw": raw, "meta": metas, "skipped": skipped}
+        if self.image_size is not None and keys:
+            for name, frames in (("frame_t", ft), ("frame_t1", ft1)):
+                x = torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2)
+                out[name] = resize_uint8(x, self.image_size)
+        return out
+
+
+def plan_chunks(shards: list[str], chunk_size: int) -> list[Chunk]:
+    chunks = []
+    for si, shard in enumerate(shards):
+        items = list(index_shard(shard).items())
+        for start in range(0, len(items), chunk_size):
+            part = items[start : start + chunk_size]
+            chunks.append(Chunk(shard, si, [k for k, _ in part], [m for _, m in part]))
+    return chunks
+
+
+def _action_of(meta: dict):
+    action = meta.get("action")
+    if action is None:
+        return None
+    arr = np.asarray(action, dtype=np.float64)
+    return None if arr.size == 0 or np.isnan(arr).any() else arr
+
+
+def _row(split: str, writer: ShardWriter, key: str, meta: dict) -> dict:
+    return {
+        "status": "written",
+        "split": split,
+        "shard": Path(writer.current_path).name,
+        "key": key,
+        "episode_id": meta.get("video_id"),
+        "frame_index": meta.get("frame_index"),
+        "source": None,
+        "reason": None,
+    }
+
+
+def label_shards(
+    shard_dir,
+    out_dir,
+    target: LabelTarget,
+    *,
+    batch_size: int = 256,
+    num_workers: int = 2,
+    on_error: str = "raise",
+    action_bins: int = 8,
+    prefix: str = "latent",
+    samples_per_shard: int = 1000,
+    max_shard_bytes: int = 2_000_000_000,
+    extra_info: dict | None = None,
+) -> dict:
+    """Label both splits of ``shard_dir`` into ``out_dir`` (atomically); return the report."""
+    if on_error not in ("raise", "skip"):
+        raise ValueError(f"data.loader.on_error must be 'raise' or 'skip', got {on_error!r}")
+    shard_dir, out_dir = Path(shard_dir), Path(out_dir)
+    info_in = read_info(shard_dir)
+    if info_in.get("kind") not in (None, "pairs"):
+        raise ValueError(
+            f"{shard_dir}/info.json: kind {info_in.get('kind')!r}; label needs frame-pair shards"
+        )
+    image_size = getattr(target, "image_size", None) if target.needs_images else None
+    report: dict = {"target": target.name, "num_tokens": target.num_tokens, "vocab_size": target.vocab_size}
+    counts, skipped, rows = {}, [], []
+    with atomic_directory(out_dir) as tmp:
+        for split in SPLITS:
+            try:
+                shards = list_shards(shard_dir, split)
+            except FileNotFoundError:
+                if split == "train":
+                    raise
+                shards = []
+            codes_all, actions_all = [], []
+            writer = ShardWriter(tmp, split, prefix, samples_per_shard, max_shard_bytes)
+            loader = DataLoader(
+                PairChunks(plan_chunks(shards, batch_size), image_size, on_error),
+                batch_size=None,
+                shuffle=False,
+                num_workers=num_workers,
+            )
+            try:
+                for batch in loader:
+                    skipped.extend(batch["skipped"])
+                    if not batch["keys"]:
+                        continue
+                    codes = target(batch)
+                    for key, raw, meta, code in zip(batch["keys"], batch["raw"], batch["meta"], codes):
+                        writer.write(
+                            {
+                                "__key__": key,
+                                "image.jpg": raw,
+                                "txt": meta.get("instruction") or "",
+                                "latent.npy": np.asarray(code, dtype=np.int64),
+                                "json": meta,
+                            }
+                        )
+                        rows.append(_row(split, writer, key, meta))
+                    codes_all.append(codes)
+                    actions_all.extend(_action_of(m) for m in batch["meta"])
+                writer.close()
+            except BaseException:
+                writer.abort()
+                raise
+            counts[split] = writer.total
+            if codes_all:
+                codes = np.concatenate(codes_all)
+                split_report = M.code_summary(codes, target.vocab_size)
+                known = [i for i, a in enumerate(actions_all) if a is not None]
+                if len(known) >= 2 and len({len(actions_all[i]) for i in known}) == 1:
+                    acts = np.stack([actions_all[i] for i in known])
+                    split_report["action_nmi"] = M.action_code_nmi(
+                        codes[known], acts, target.vocab_size, action_bins
+                    )
+                report[split] = split_report
+        report["skipped"] = {"count": len(skipped), "samples": skipped[:100]}
+        report["counts"] = counts
+        write_shard_dir_metadata(
+            tmp,
+            kind=prefix,
+            counts=counts,
+            image_size=info_in.get("image_size"),
+            action_dim=info_in.get("action_dim"),
+            manifest_rows=rows,
+            num_tokens=target.num_tokens,
+            vocab_size=target.vocab_size,
+            target=target.name,
+            source_shards=str(shard_dir),
+            skipped=len(skipped),
+            **(extra_info or {}),
+        )
+        atomic_write_json(tmp / "label_report.json", report)
+    return report

@@ -1,0 +1,174 @@
+"""The LightningModule of LAQ training (spec 2.1.4); the model itself lives in ``lapa.laq.model``."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from lapa.laq import metrics as M
+from lapa.laq.model import LAQModel, to_model_range
+
+
+def warmup_cosine(step: int, warmup: int, total: int, min_ratio: float) -> float:
+    """LR multiplier: linear warmup to 1, then cosine decay to ``min_ratio`` at ``total``."""
+    if warmup > 0 and step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+class LAQTask(L.LightningModule):
+    """Losses, metrics, optimisation and reconstruction grids around a ``LAQModel``.
+
+    ``arch`` is the architecture dict (``architecture_from_config``) and ``training`` the plain
+    ``laq.training`` section; both are saved as hyper-parameters so ``load_laq`` can rebuild.
+    """
+
+    def __init__(self, arch: dict, training: dict, grid_dir: str | None = None):
+        super().__init__()
+        self.save_hyperparameters({"arch": arch, "training": training})
+        self.model = LAQModel(arch)
+        self.training_cfg = training
+        self.grid_dir = Path(grid_dir) if grid_dir else None
+        self.last_grid: Path | None = None
+        self._val_codes: list[np.ndarray] = []
+        self._val_actions: list[np.ndarray] = []
+        self.last_val_metrics: dict = {}
+
+    # -- steps -----------------------------------------------------------------------------------
+    def _shared_step(self, batch: dict):
+        frame_t = to_model_range(batch["frame_t"])
+        frame_t1 = to_model_range(batch["frame_t1"])
+        out = self.model(frame_t, frame_t1)
+        recon_loss = F.mse_loss(out.reconstruction.float(), frame_t1)
+        total = recon_loss + out.vq_loss
+        return frame_t, frame_t1, out, recon_loss, total
+
+    def _code_stats(self, indices: torch.Tensor) -> dict:
+        hist = M.code_histograms(indices.detach().cpu().numpy(), self.model.vocab_size)
+        ppl = M.perplexity(hist)
+        stats = {f"perplexity/pos{t}": float(p) for t, p in enumerate(ppl)}
+        stats["perplexity_mean"] = float(ppl.mean())
+        stats["utilisation"] = float(M.utilisation(hist).mean())
+        return stats
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        frame_t, frame_t1, out, recon_loss, total = self._shared_step(batch)
+        bs = frame_t.shape[0]
+        logs = {
+            "train/loss_total": total,
+            "train/loss_reconstruction": recon_loss,
+            "train/loss_codebook": out.codebook_loss,
+            "train/loss_commitment": out.commitment_loss,
+        }
+        every = max(1, int(self.training_cfg.get("log_every_steps", 10)))
+        if self.global_step % every == 0:
+            with torch.no_grad():
+                logs["train/psnr"] = M.psnr(out.reconstruction, frame_t1)
+                logs["train/psnr_copy"] = M.psnr(frame_t, frame_t1)
+            logs.update({f"train/{k}": v for k, v in self._code_stats(out.indices).items()})
+            logs["train/code_restarts"] = float(self.model.quantizer.restarts)
+        self.log_dict(logs, batch_size=bs, prog_bar=False)
+        self.log("loss", total, batch_size=bs, prog_bar=True, logger=False)
+        return total
+
+    def on_validation_epoch_start(self) -> None:
+        self._val_codes, self._val_actions = [], []
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        frame_t, frame_t1, out, recon_loss, total = self._shared_step(batch)
+        bs = frame_t.shape[0]
+        self.log_dict(
+            {
+                "val/loss_total": total,
+                "val/loss_reconstruction": recon_loss,
+                "val/loss_codebook": out.codebook_loss,
+                "val/loss_commitment": out.commitment_loss,
+                "val/psnr": M.psnr(out.reconstruction, frame_t1),
+                "val/psnr_copy": M.psnr(frame_t, frame_t1),
+                "val/ssim": M.ssim(out.reconstruction, frame_t1),
+                "val/ssim_copy": M.ssim(frame_t, frame_t1),
+            },
+            batch_size=bs,
+            sync_dist=True,
+        )
+        self._val_codes.append(out.indices.cpu().numpy())
+        if "action" in batch:
+            self._val_actions.append(torch.as_tensor(batch["action"]).float().cpu().numpy())
+        if batch_idx == 0:
+            self._save_grid(batch["frame_t"], batch["frame_t1"], out.reconstruction)
+
+    def on_validation_epoch_end(self) -> None:
+        if not self._val_codes:
+            return
+        codes = np.concatenate(self._val_codes)
+        summary = M.code_summary(codes, self.model.vocab_size)
+        logs = {f"val/perplexity/pos{t}": p for t, p in enumerate(summary["perplexity"])}
+        logs["val/utilisation"] = summary["utilisation_mean"]
+        logs["val/distinct_tuples"] = float(summary["distinct_tuples"])
+        if self._val_actions and len(self._val_actions) == len(self._val_codes):
+            actions = np.concatenate(self._val_actions)
+            probe = M.action_code_nmi(codes, actions, self.model.vocab_size, self.training_cfg["action_bins"])
+            if probe:
+                logs["val/action_nmi_mean"] = probe["nmi_mean"]
+                logs["val/action_nmi_joint"] = probe["nmi_joint_action"]
+                for d, v in enumerate(probe["nmi_per_dim"]):
+                    logs[f"val/action_nmi/dim{d}"] = v
+        self.log_dict({k: float(v) for k, v in logs.items()}, sync_dist=False)
+        self.last_val_metrics = {k: float(v) for k, v in logs.items()}  # completed in on_validation_end
+
+    def on_validation_end(self) -> None:
+        # epoch aggregates of the per-batch logs exist only once the validation loop has ended
+        for k, v in self.trainer.callback_metrics.items():
+            if k.startswith("val/") and v.numel() == 1:
+                self.last_val_metrics.setdefault(k, float(v))
+
+    def predict_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> torch.Tensor:
+        """The discrete latent actions [B, num_tokens] only (used for labelling)."""
+        return self.model.predict_indices(batch["frame_t"], batch["frame_t1"])
+
+    # -- reconstruction grid -----------------------------------------------------------------------
+    def _save_grid(self, frame_t: torch.Tensor, frame_t1: torch.Tensor, recon: torch.Tensor) -> None:
+        if self.grid_dir is None or not self.trainer.is_global_zero or self.trainer.sanity_checking:
+            return
+        from torchvision.utils import make_grid, save_image
+
+        from lapa.utils.io import atomic_path
+
+        n = min(int(self.training_cfg.get("num_images_to_log", 8)), frame_t.shape[0])
+        rows = [to_model_range(frame_t[:n]), to_model_range(frame_t1[:n]), recon[:n].float()]
+        grid = make_grid(torch.cat(rows).detach().cpu().add(1).div(2).clamp(0, 1), nrow=n, padding=2)
+        path = self.grid_dir / f"recon-step{self.global_step:07d}.png"
+        with atomic_path(path, suffix=".png") as tmp:
+            save_image(grid, tmp, format="png")
+        self.last_grid = path
+        for logger in self.loggers:
+            if logger.__class__.__name__ == "WandbLogger":
+                logger.log_image("val/reconstruction", [grid], step=self.global_step)
+
+    # -- optimisation ------------------------------------------------------------------------------
+    def configure_optimizers(self):
+        cfg = self.training_cfg
+        decay, no_decay = [], []
+        for name, p in self.model.named_parameters():
+            if not p.requires_grad:
+                continue
+            (no_decay if p.ndim < 2 or "codebook" in name else decay).append(p)
+        opt = torch.optim.AdamW(
+            [
+                {"params": decay, "weight_decay": cfg["weight_decay"]},
+                {"params": no_decay, "weight_decay": 0.0},
+            ],
+            lr=cfg["lr"],
+            betas=tuple(cfg["betas"]),
+            eps=cfg["eps"],
+        )
+        warmup, total = int(cfg["warmup_steps"]), int(cfg["max_steps"])
+        min_ratio = cfg["min_lr"] / cfg["lr"] if cfg["lr"] > 0 else 0.0
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(s, warmup, total, min_ratio))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step", "frequency": 1}}

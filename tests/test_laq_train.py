@@ -1,0 +1,218 @@
+"""train-laq end to end on sprite shards: kill and resume, checkpoint loading, labelling."""
+
+import hashlib
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import tarfile
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from lapa.config import load_config
+from lapa.data.shards import write_pair_shards
+from lapa.laq.checkpoint import load_laq
+from lapa.laq.model import architecture_from_config
+from lapa.laq.synthetic import sprite_episodes
+
+OVERRIDES = [
+    "laq.image_size=32",
+    "laq.encoder.base_channels=8",
+    "laq.encoder.channel_multipliers=[1,2]",
+    "laq.encoder.latent_dim=16",
+    "laq.quantizer.embedding_dim=16",
+    "laq.quantizer.lookup_dim=8",
+    "laq.quantizer.dead_code_window=5",
+    "laq.decoder.base_channels=8",
+    "laq.decoder.channel_multipliers=[1,2]",
+    "laq.training.batch_size=16",
+    "laq.training.max_steps=40",
+    "laq.training.warmup_steps=5",
+    "laq.training.val_every_steps=8",
+    "laq.training.val_batches=2",
+    "laq.training.checkpoint_every_steps=8",
+    "laq.training.num_workers=0",
+    "laq.training.accelerator=cpu",
+    "laq.label_workers=1",
+    "laq.label_batch_size=32",
+    "data.sharding.samples_per_shard=40",
+]
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    root = tmp_path_factory.mktemp("laq_shards")
+    cfg = load_config(
+        "default",
+        [
+            "data.sharding.resize=32",
+            "data.sharding.crop=32",
+            "data.sharding.fps=null",
+            "data.sharding.val_fraction=0.3",
+            "data.sharding.samples_per_shard=50",
+        ],
+    )
+    write_pair_shards(sprite_episodes(30, length=9), root / "shards", cfg.data.sharding)
+    return root / "shards"
+
+
+def _cmd(shards, out, *extra):
+    return [
+        sys.executable,
+        "-m",
+        "lapa",
+        "train-laq",
+        "--shards",
+        str(shards),
+        "--out",
+        str(out),
+        *OVERRIDES,
+        *extra,
+    ]
+
+
+def _env():
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONHASHSEED": "0"}
+
+
+@pytest.fixture(scope="module")
+def trained(shards, tmp_path_factory):
+    """An uninterrupted run: the reference for the resume test and the checkpoint for labelling."""
+    out = tmp_path_factory.mktemp("laq_full") / "laq.ckpt"
+    subprocess.run(_cmd(shards, out), check=True, env=_env(), capture_output=True, timeout=300)
+    return out
+
+
+def _state(path):
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    return ckpt["global_step"], ckpt["state_dict"]
+
+
+@pytest.mark.slow
+def test_outputs_beside_the_checkpoint(trained):
+    metrics = json.loads(trained.with_suffix(".metrics.json").read_text())
+    assert metrics["global_step"] == 40 and metrics["num_tokens"] == 4
+    for key in ("val/psnr", "val/psnr_copy", "val/ssim", "val/utilisation", "val/action_nmi_mean"):
+        assert key in metrics["val"], key
+    assert trained.with_suffix(".recon.png").stat().st_size > 0
+    assert (trained.parent / "work" / "logs" / "version_0" / "metrics.csv").is_file()
+    model = load_laq(trained)
+    assert not model.training and model.num_tokens == 4
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_to_the_same_weights(shards, trained, tmp_path):
+    out = tmp_path / "laq.ckpt"
+    last = tmp_path / "work" / "checkpoints" / "last.ckpt"
+    proc = subprocess.Popen(
+        _cmd(shards, out), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        deadline = time.time() + 240
+        while not last.exists() and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait()
+    assert last.exists() and not out.exists(), "the run was not interrupted after its first checkpoint"
+    killed_at, _ = _state(last)
+    assert 0 < killed_at < 40
+    subprocess.run(_cmd(shards, out), check=True, env=_env(), capture_output=True, timeout=300)
+    step, weights = _state(out)
+    ref_step, ref_weights = _state(trained)
+    assert step == ref_step == 40
+    assert weights.keys() == ref_weights.keys()
+    for name in weights:
+        assert torch.equal(weights[name], ref_weights[name]), name
+
+
+def _tar_members(path):
+    with tarfile.open(path) as tar:
+        return {m.name: tar.extractfile(m).read() for m in tar.getmembers()}
+
+
+@pytest.mark.slow
+def test_label_is_deterministic_and_has_the_contract_layout(shards, trained, tmp_path):
+    from lapa.cli import main
+
+    outs = [tmp_path / "a", tmp_path / "b"]
+    for out in outs:
+        with pytest.raises(SystemExit) as exc:
+            main(
+                [
+                    "label",
+                    "--checkpoint",
+                    str(trained),
+                    "--shards",
+                    str(shards),
+                    "--out",
+                    str(out),
+                    *OVERRIDES,
+                ]
+            )
+        assert exc.value.code == 0
+    tars = sorted(p.relative_to(outs[0]) for p in outs[0].rglob("*.tar"))
+    assert tars and tars == sorted(p.relative_to(outs[1]) for p in outs[1].rglob("*.tar"))
+    for rel in tars:
+        assert (
+            hashlib.sha256((outs[0] / rel).read_bytes()).digest()
+            == hashlib.sha256((outs[1] / rel).read_bytes()).digest()
+        )
+    info = json.loads((outs[0] / "info.json").read_text())
+    assert info["num_tokens"] == 4 and info["vocab_size"] == 8
+    source = {}
+    for split in ("train", "val"):
+        for p in (shards / split).glob("*.tar"):
+            source.update(_tar_members(p))
+    total = 0
+    for rel in tars:
+        members = _tar_members(outs[0] / rel)
+        keys = {n.split(".", 1)[0] for n in members}
+        for key in keys:
+            assert {f"{key}.{e}" for e in ("image.jpg", "txt", "latent.npy", "json")} == {
+                n for n in members if n.startswith(key + ".")
+            }
+            assert members[f"{key}.image.jpg"] == source[f"{key}.t.jpg"]  # original bytes, not re-encoded
+            latent = np.load(io.BytesIO(members[f"{key}.latent.npy"]))
+            assert (
+                latent.dtype == np.int64 and latent.shape == (4,) and latent.min() >= 0 and latent.max() < 8
+            )
+            meta = json.loads(members[f"{key}.json"])
+            assert meta["action"] is not None and len(meta["action"]) == 2
+            assert members[f"{key}.txt"] == b"move the sprite"
+        total += len(keys)
+    assert total == sum(info["counts"].values()) == 30 * 8
+    report = json.loads((outs[0] / "label_report.json").read_text())
+    assert len(report["train"]["histograms"]) == 4 and "action_nmi" in report["train"]
+
+
+def test_load_laq_errors_name_the_file(tmp_path):
+    garbage = tmp_path / "garbage.ckpt"
+    garbage.write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="garbage.ckpt"):
+        load_laq(garbage)
+    with pytest.raises(FileNotFoundError, match="missing.ckpt"):
+        load_laq(tmp_path / "missing.ckpt")
+    other = tmp_path / "other.ckpt"
+    torch.save({"state_dict": {"w": torch.zeros(1)}, "hyper_parameters": {"lr": 1.0}}, other)
+    with pytest.raises(ValueError, match="other.ckpt.*not a LAQ checkpoint"):
+        load_laq(other)
+
+
+def test_load_laq_rejects_mismatched_weights(tmp_path):
+    from lapa.laq.model import LAQModel
+
+    cfg = load_config("default", OVERRIDES)
+    arch = architecture_from_config(cfg.laq)
+    model = LAQModel(arch)
+    wrong = {**arch, "quantizer": {**arch["quantizer"], "vocab_size": 16}}
+    path = tmp_path / "wrong_arch.ckpt"
+    state = {f"model.{k}": v for k, v in model.state_dict().items()}
+    torch.save({"state_dict": state, "hyper_parameters": {"arch": wrong}}, path)
+    with pytest.raises(ValueError, match="wrong_arch.ckpt.*do not match"):
+        load_laq(path)
