@@ -216,3 +216,49 @@ def test_load_laq_rejects_mismatched_weights(tmp_path):
     torch.save({"state_dict": state, "hyper_parameters": {"arch": wrong}}, path)
     with pytest.raises(ValueError, match="wrong_arch.ckpt.*do not match"):
         load_laq(path)
+
+
+def test_action_targets_bin_the_true_actions(shards, tmp_path):
+    """The action-pretrained arm's labels: one token per action dimension, binned by the stats."""
+    from lapa.cli import main
+    from lapa.finetune.action_stats import ActionStats
+
+    source = {}
+    for split in ("train", "val"):
+        for p in (shards / split).glob("*.tar"):
+            source.update(_tar_members(p))
+    true = np.array([json.loads(v)["action"] for k, v in source.items() if k.endswith(".json")])
+    stats = ActionStats.from_actions(true, num_bins=16)
+    stats.save(tmp_path / "stats.json")
+    out = tmp_path / "actions"
+    with pytest.raises(SystemExit) as exc:
+        main(
+            ["label", "--targets", "actions", "--action-stats", str(tmp_path / "stats.json")]
+            + ["--shards", str(shards), "--out", str(out), *OVERRIDES]
+        )
+    assert exc.value.code == 0
+    info = json.loads((out / "info.json").read_text())
+    assert (info["num_tokens"], info["vocab_size"], info["target"]) == (2, 16, "actions")
+    for tar in out.rglob("*.tar"):
+        members = _tar_members(tar)
+        for name, blob in members.items():
+            if name.endswith(".latent.npy"):
+                key = name.split(".", 1)[0]
+                action = json.loads(members[f"{key}.json"])["action"]
+                np.testing.assert_array_equal(np.load(io.BytesIO(blob)), stats.quantize(np.array(action)))
+                assert members[f"{key}.image.jpg"] == source[f"{key}.t.jpg"]
+
+
+def test_action_targets_need_actions(tmp_path):
+    from lapa.finetune.action_stats import ActionStats
+    from lapa.laq.label import ActionTarget, label_shards
+
+    cfg = load_config("default", ["data.sharding.resize=32", "data.sharding.crop=32", "data.sharding.fps=null"])
+    episodes = sprite_episodes(4, length=5)
+    for ep in episodes:
+        ep.actions = None
+    write_pair_shards(episodes, tmp_path / "shards", cfg.data.sharding)
+    target = ActionTarget(ActionStats.from_actions(np.random.default_rng(0).normal(size=(50, 2))))
+    with pytest.raises(ValueError, match=r"\.tar: sample .* has no action"):
+        label_shards(tmp_path / "shards", tmp_path / "out", target, num_workers=0)
+    assert not (tmp_path / "out").exists()

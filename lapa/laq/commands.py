@@ -22,7 +22,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--shards", required=True, help="frame-pair shard directory")
     p.add_argument("--out", required=True, help="output labelled shard directory")
     p.add_argument("--checkpoint", default=None, help="LAQ checkpoint (targets=laq)")
-    p.add_argument("--targets", choices=["laq"], default="laq", help="what each pair is labelled with")
+    p.add_argument(
+        "--targets",
+        choices=["laq", "actions"],
+        default="laq",
+        help="label with the LAQ's latent codes (laq) or with the binned true actions (actions: the "
+        "action-pretrained comparison arm; needs --action-stats and pairs that carry actions)",
+    )
+    p.add_argument("--action-stats", default=None, help="action statistics JSON (targets=actions)")
     p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     add_config_arguments(p)
     p.set_defaults(func=run_label)
@@ -43,10 +50,21 @@ def run_label(args: argparse.Namespace) -> int:
     from lapa.laq.label import LAQTarget, label_shards
 
     cfg = load_config_from_args(args)
-    if args.checkpoint is None:
-        raise ValueError("--checkpoint is required with --targets laq")
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    target = LAQTarget(load_laq(args.checkpoint), device)
+    if args.targets == "actions":
+        from lapa.finetune.action_stats import ActionStats
+        from lapa.laq.label import ActionTarget
+
+        if args.action_stats is None:
+            raise ValueError("--action-stats is required with --targets actions")
+        target, source = (
+            ActionTarget(ActionStats.load(args.action_stats)),
+            {"action_stats": args.action_stats},
+        )
+    else:
+        if args.checkpoint is None:
+            raise ValueError("--checkpoint is required with --targets laq")
+        device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        target, source = LAQTarget(load_laq(args.checkpoint), device), {"checkpoint": str(args.checkpoint)}
     report = label_shards(
         args.shards,
         args.out,
@@ -57,7 +75,7 @@ def run_label(args: argparse.Namespace) -> int:
         action_bins=cfg.laq.training.action_bins,
         samples_per_shard=cfg.data.sharding.samples_per_shard,
         max_shard_bytes=cfg.data.sharding.max_shard_bytes,
-        extra_info={"checkpoint": str(args.checkpoint)},
+        extra_info=source,
     )
     log.info("labelled %s into %s", report["counts"], args.out)
     return 0

@@ -64,6 +64,35 @@ class LAQTarget:
             return self.model.predict_indices(ft, ft1).cpu().numpy().astype(np.int64)
 
 
+class ActionTarget:
+    """The binned true action taken at frame t: the action-pretrained comparison arm.
+
+    It labels the same pairs as the LAQ would, so the two arms differ only in their targets:
+    one token per action dimension, ``num_bins`` values each, binned with the demonstrations'
+    action statistics.
+    """
+
+    name = "actions"
+    needs_images = False
+
+    def __init__(self, stats):
+        self.stats = stats
+        self.num_tokens, self.vocab_size = stats.action_dim, stats.num_bins
+
+    def __call__(self, batch: dict) -> np.ndarray:
+        actions = []
+        for key, meta in zip(batch["keys"], batch["meta"]):
+            action = _action_of(meta)
+            if action is None or len(action) != self.num_tokens:
+                got = "no action" if action is None else f"an action of {len(action)} dimensions"
+                raise ValueError(
+                    f"{batch.get('shard', '?')}: sample {key!r} has {got}; action targets need the "
+                    f"{self.num_tokens}-dimensional true action of every pair (a simulator or robot source)"
+                )
+            actions.append(action)
+        return self.stats.quantize(np.stack(actions)).astype(np.int64)
+
+
 @dataclass
 class Chunk:
     shard: str
@@ -123,7 +152,14 @@ class PairChunks(Dataset):
                 raw.append(t_bytes)
                 metas.append(meta)
                 keys.append(key)
-        out = {"shard_index": chunk.shard_index, "keys": keys, "raw": raw, "meta": metas, "skipped": skipped}
+        out = {
+            "shard": chunk.shard,
+            "shard_index": chunk.shard_index,
+            "keys": keys,
+            "raw": raw,
+            "meta": metas,
+            "skipped": skipped,
+        }
         if self.image_size is not None and keys:
             for name, frames in (("frame_t", ft), ("frame_t1", ft1)):
                 x = torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2)
