@@ -253,7 +253,8 @@ def test_action_targets_need_actions(tmp_path):
     from lapa.finetune.action_stats import ActionStats
     from lapa.laq.label import ActionTarget, label_shards
 
-    cfg = load_config("default", ["data.sharding.resize=32", "data.sharding.crop=32", "data.sharding.fps=null"])
+    sharding = ["data.sharding.resize=32", "data.sharding.crop=32", "data.sharding.fps=null"]
+    cfg = load_config("default", sharding)
     episodes = sprite_episodes(4, length=5)
     for ep in episodes:
         ep.actions = None
