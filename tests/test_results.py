@@ -29,7 +29,9 @@ def test_results_table_ranks_expert_above_still_arm(tmp_path):
         evaluate_policy(policy, sim, ["reach-v3"], 2, sim.eval_seed, out, progress=False)
         dirs.append(str(out))
     laq = tmp_path / "laq.metrics.json"
-    laq.write_text(json.dumps({"val": {"psnr": 27.5, "psnr_copy": 25.0, "nmi_action": 0.31}}))
+    laq.write_text(
+        json.dumps({"val": {"val/psnr": 27.5, "val/psnr_copy": 25.0, "val/action_nmi_mean": 0.31}})
+    )
 
     proc = subprocess.run(
         [sys.executable, "-m", "lapa", "results", "--inputs", *dirs, "--laq-metrics", str(laq)]
@@ -45,7 +47,7 @@ def test_results_table_ranks_expert_above_still_arm(tmp_path):
     assert overall["lapa"] > overall["scratch"]
     assert [r["arm"] for r in rows][0] == "lapa"  # arms in their canonical order
     md = (summary / "results.md").read_text()
-    assert "| **overall** |" in md and "laq.val.psnr_copy" in md and "[" in md
+    assert "| **overall** |" in md and "laq.val.val/psnr_copy" in md and "[" in md
 
 
 def test_results_rejects_unknown_directory(tmp_path):

@@ -30,6 +30,13 @@ class SimConfig:
     image_size: int = 64  # rendered frame size (square, even)
     max_steps: int = 150  # episode cap
     steps_after_success: int = 5  # rollouts keep recording this many steps after the first success
+    # Exploration noise on the expert's actions, per split (std in action units, temporally
+    # correlated). A deterministic expert's next move is predictable from frame t alone, so a
+    # latent action model trained on its videos needs no codes; noisy "play" makes motion
+    # something only the codes can explain. The recorded action is the one executed.
+    pretrain_action_noise: float = 0.0
+    demo_action_noise: float = 0.0
+    action_noise_correlation: float = 0.8  # AR(1) coefficient of the noise between steps
     # Disjoint seed ranges: pretraining videos, labelled demonstrations, evaluation.
     pretrain_episodes_per_task: int = 4
     demo_episodes_per_task: int = 2

@@ -76,11 +76,19 @@ def episode_specs(sim: Any, split: str) -> list[EpisodeSpec]:
     return [EpisodeSpec(t, first + n, split, n) for n in range(stop - first) for t in tasks]
 
 
-def expert_episode(env: Any, spec: EpisodeSpec, steps_after_success: int) -> Episode:
+def expert_episode(
+    env: Any,
+    spec: EpisodeSpec,
+    steps_after_success: int,
+    action_noise: float = 0.0,
+    noise_correlation: float = 0.8,
+) -> Episode:
     """Run the scripted expert on ``env`` for one seeded episode.
 
     Records frame t, the action taken at t and whether the task counts as solved after it; stops
-    ``steps_after_success`` steps after the first success or at the step cap.
+    ``steps_after_success`` steps after the first success or at the step cap. With
+    ``action_noise`` > 0 an AR(1) noise (stationary std ``action_noise``, seeded by the episode
+    seed) is added to the expert's action before clipping; the closed-loop expert corrects it.
     """
     from lapa.sim.policies import ScriptedExpert
 
@@ -88,8 +96,15 @@ def expert_episode(env: Any, spec: EpisodeSpec, steps_after_success: int) -> Epi
     image, obs = env.reset(seed=spec.seed)
     frames, actions, success = [], [], []
     first_success: int | None = None
+    rng = np.random.default_rng([spec.seed, 7919])
+    rho = float(noise_correlation)
+    noise = None
     while True:
         action = expert.act(obs)
+        if action_noise > 0:
+            fresh = rng.normal(0.0, action_noise, size=action.shape)
+            noise = fresh if noise is None else rho * noise + np.sqrt(1 - rho**2) * fresh
+            action = np.clip(action + noise, -1.0, 1.0).astype(action.dtype)
         frames.append(image)
         actions.append(action)
         image, obs, solved, done = env.step(action)
@@ -147,7 +162,15 @@ def _worker_env(task: str):
 
 
 def _worker_run(spec: EpisodeSpec) -> Episode:
-    return expert_episode(_worker_env(spec.task), spec, int(_WORKER["sim"]["steps_after_success"]))
+    sim = _WORKER["sim"]
+    noise = {"pretrain": sim["pretrain_action_noise"], "demos": sim["demo_action_noise"]}.get(spec.split, 0.0)
+    return expert_episode(
+        _worker_env(spec.task),
+        spec,
+        int(sim["steps_after_success"]),
+        action_noise=float(noise),
+        noise_correlation=float(sim["action_noise_correlation"]),
+    )
 
 
 def iter_expert_episodes(sim: Any, specs: list[EpisodeSpec], workers: int) -> Iterator[Episode]:
