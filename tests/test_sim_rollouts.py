@@ -93,3 +93,17 @@ def test_worker_pool_matches_in_process(tmp_path):
         assert a.meta["seed"] == b.meta["seed"]
         np.testing.assert_array_equal(a.actions, b.actions)  # rollouts are deterministic per seed
         np.testing.assert_array_equal(a.success, b.success)
+
+
+def test_exploration_noise_changes_executed_actions_deterministically():
+    from lapa.sim.rollouts import EpisodeSpec, expert_episode
+
+    spec = EpisodeSpec("reach-v3", 3, "pretrain", 0)
+    with MetaWorldEnv("reach-v3", image_size=32, max_steps=25) as env:
+        clean = expert_episode(env, spec, steps_after_success=0)
+        noisy = expert_episode(env, spec, steps_after_success=0, action_noise=0.5)
+        again = expert_episode(env, spec, steps_after_success=0, action_noise=0.5)
+    n = min(len(clean.actions), len(noisy.actions))
+    assert np.abs(clean.actions[:n] - noisy.actions[:n]).mean() > 0.05
+    np.testing.assert_array_equal(noisy.actions, again.actions)  # seeded by the episode
+    assert np.abs(noisy.actions).max() <= 1.0
