@@ -27,7 +27,15 @@ def _run_config(args: argparse.Namespace) -> int:
 
     cfg = load_config_from_args(args)
     if args.section:
-        data = {s: OmegaConf.to_container(OmegaConf.select(cfg, s), resolve=True) for s in args.section}
+        data = {}
+        missing = object()
+        for section in args.section:
+            value = OmegaConf.select(cfg, section, default=missing)
+            if value is missing:
+                raise ValueError(f"no config key {section!r}")
+            data[section] = (
+                OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
+            )
     else:
         data = OmegaConf.to_container(cfg, resolve=True)
     if args.json:

@@ -47,7 +47,7 @@ def test_quantizer_discreteness():
     assert quantized.shape == (2, 4, 256)
     assert indices.min() >= 0 and indices.max() < 8
     assert indices.dtype == torch.long
-    assert set(losses) == {"codebook", "commitment"}
+    assert set(losses) == {"codebook", "commitment", "entropy"}
 
 
 @pytest.mark.parametrize("lookup_dim", [None, 16])
@@ -141,3 +141,30 @@ def test_metrics():
     assert float(M.psnr(x, x.clamp(-0.9, 0.9))) > float(M.psnr(x, -x))
     probe = M.action_code_nmi(codes, np.stack([a, -a], 1).astype(float), vocab_size=8, bins=8)
     assert probe["nmi_mean"] == pytest.approx(1.0)
+
+
+def test_usage_entropy_loss_penalises_collapse_and_spreads_codes():
+    """The usage term is lower when a batch spreads over the codes than when all pick one, and its
+    gradient alone moves collapsed encoder outputs onto several codes."""
+    torch.manual_seed(0)
+    q = VectorQuantizer(
+        num_tokens=1,
+        vocab_size=4,
+        embedding_dim=8,
+        kmeans_init=False,
+        entropy_weight=1.0,
+        entropy_temperature=1.0,
+    )
+    codes = q.codes().detach()[0]  # [4, 8]
+    spread = codes.repeat(8, 1).unsqueeze(1)  # each code used equally
+    collapsed = codes[:1].repeat(32, 1).unsqueeze(1)  # every pair on code 0
+    assert q.usage_entropy_loss(q._distances(spread)[1]) < q.usage_entropy_loss(q._distances(collapsed)[1])
+
+    z = (codes[:1] + 0.05 * torch.randn(32, 8)).unsqueeze(1).requires_grad_(True)
+    opt = torch.optim.SGD([z], lr=0.5)
+    assert q.indices(z).unique().numel() == 1
+    for _ in range(200):
+        opt.zero_grad()
+        q.usage_entropy_loss(q._distances(z)[1]).backward()
+        opt.step()
+    assert q.indices(z).unique().numel() >= 3

@@ -77,7 +77,10 @@ def assert_complete_tree(results: Path, arms: list[str], eval_sim: bool) -> None
 def test_local_profile_runs_tiny_to_completion_and_reports(tmp_path):
     run_snakemake(tmp_path, "--cores", "2", config=TINY, timeout=1200)
     results = tmp_path / "results" / "tiny"
-    assert_complete_tree(results, ["lapa", "scratch"], eval_sim=True)
+    arms = ["lapa", "scratch", "action_pretrained"]
+    assert_complete_tree(results, arms, eval_sim=True)
+    table = (results / "summary" / "results.md").read_text()
+    assert all(f"| {arm} |" in table for arm in arms) and "laq.val.val/psnr_copy" in table, table
     assert (tmp_path / "logs" / "tiny" / "bench" / "train_laq.tsv").is_file()
     # up to date afterwards; a report with the figures builds from the run
     again = run_snakemake(tmp_path, "-n", config=TINY).stdout

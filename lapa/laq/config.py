@@ -30,6 +30,10 @@ class LAQQuantizerConfig:
     dead_code_window: int = 100  # training steps a code may stay unused before it is reseeded
     l2_normalize: bool = True
     lookup_dim: int | None = 32  # low-dimensional lookup (None: embedding_dim)
+    # Weight of the code-usage entropy term (confident per pair, spread over the batch); 0 disables.
+    entropy_weight: float = 0.1
+    # Temperature of the soft assignments over squared distances (0..4 when l2-normalised).
+    entropy_temperature: float = 0.1
 
 
 @dataclass

@@ -112,7 +112,11 @@ class LAQModel(nn.Module):
     def forward(self, frame_t: torch.Tensor, frame_t1: torch.Tensor) -> LAQOutput:
         quantized, indices, losses = self.quantizer(self.encode(frame_t, frame_t1))
         recon = self.decoder(quantized, frame_t)
-        vq = losses["codebook"] + self.quantizer.commitment_weight() * losses["commitment"]
+        vq = (
+            losses["codebook"]
+            + self.quantizer.commitment_weight() * losses["commitment"]
+            + self.quantizer.entropy_weight * losses["entropy"]
+        )
         return LAQOutput(recon, indices, losses["codebook"], losses["commitment"], vq)
 
     @torch.no_grad()

@@ -64,8 +64,8 @@ class TokenPooling(nn.Module):
 class VectorQuantizer(nn.Module):
     """One codebook of ``vocab_size`` entries per token position; straight-through gradients.
 
-    Returns ``(quantized [B,T,D], indices [B,T] int64, {"codebook", "commitment"})``; the
-    commitment loss is unweighted (the model applies ``beta``).
+    Returns ``(quantized [B,T,D], indices [B,T] int64, {"codebook", "commitment", "entropy"})``;
+    the losses are unweighted (the model applies ``beta`` and ``entropy_weight``).
     """
 
     def __init__(
@@ -82,6 +82,8 @@ class VectorQuantizer(nn.Module):
         dead_code_restart: bool = True,
         dead_code_window: int = 100,
         commitment_warmup_steps: int = 0,
+        entropy_weight: float = 0.0,
+        entropy_temperature: float = 0.1,
         **_unused,
     ):
         super().__init__()
@@ -94,6 +96,7 @@ class VectorQuantizer(nn.Module):
             dead_code_window,
         )
         self.commitment_warmup_steps = commitment_warmup_steps
+        self.entropy_weight, self.entropy_temperature = float(entropy_weight), float(entropy_temperature)
         self.lookup_dim = lookup_dim or embedding_dim
         low = self.lookup_dim != embedding_dim
         self.in_proj = nn.Linear(embedding_dim, self.lookup_dim) if low else nn.Identity()
@@ -127,6 +130,10 @@ class VectorQuantizer(nn.Module):
 
     def lookup(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Project and (optionally) normalise ``z`` [B,T,D]; return (z_lookup [B,T,L], indices [B,T])."""
+        zl, dist_sq = self._distances(z)
+        return zl, dist_sq.argmin(-1)
+
+    def _distances(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         zl = self.in_proj(z)
         if self.l2_normalize:
             zl = F.normalize(zl, dim=-1)
@@ -136,7 +143,21 @@ class VectorQuantizer(nn.Module):
             - 2 * torch.einsum("btl,tvl->btv", zl, codes)
             + codes.pow(2).sum(-1).unsqueeze(0)
         )
-        return zl, dist_sq.argmin(-1)
+        return zl, dist_sq
+
+    def usage_entropy_loss(self, dist_sq: torch.Tensor) -> torch.Tensor:
+        """Per-sample assignment entropy minus the batch's code-usage entropy (soft assignments).
+
+        Minimising it makes each pair pick one code confidently while the batch spreads over all
+        codes of every position. When the decoder can predict much of frame t+1 from frame t, the
+        reconstruction alone gives the encoder little reason to separate pairs, and its outputs
+        (and so the codes) collapse to one; this term keeps them apart until the decoder relies on them.
+        """
+        probs = torch.softmax(-dist_sq.float() / self.entropy_temperature, dim=-1)  # [B, T, V]
+        per_sample = -(probs * torch.log(probs + 1e-9)).sum(-1).mean()
+        usage = probs.mean(0)  # [T, V]
+        batch = -(usage * torch.log(usage + 1e-9)).sum(-1).mean()
+        return per_sample - batch
 
     @torch.no_grad()
     def indices(self, z: torch.Tensor) -> torch.Tensor:
@@ -149,16 +170,19 @@ class VectorQuantizer(nn.Module):
             )
         if self.training and not bool(self.initialized):
             self._kmeans_init(self.in_proj(z).detach())
-        zl, idx = self.lookup(z)
+        zl, dist_sq = self._distances(z)
+        idx = dist_sq.argmin(-1)
         if self.training:
             self._update(zl.detach().float(), idx)
+        entropy = self.usage_entropy_loss(dist_sq) if self.entropy_weight > 0 else zl.new_zeros(())
         codes = self.codes()
         t_index = torch.arange(self.num_tokens, device=z.device).unsqueeze(0)
         e = codes[t_index, idx].to(zl.dtype)  # [B, T, L]
         codebook_loss = zl.new_zeros(()) if self.ema else F.mse_loss(e, zl.detach())
         commitment_loss = F.mse_loss(zl, e.detach())
         quantized = zl + (e - zl).detach()
-        return self.out_proj(quantized), idx, {"codebook": codebook_loss, "commitment": commitment_loss}
+        losses = {"codebook": codebook_loss, "commitment": commitment_loss, "entropy": entropy}
+        return self.out_proj(quantized), idx, losses
 
     # -- codebook maintenance (training only) ---------------------------------------------------
 
