@@ -11,7 +11,7 @@ from lapa.cli import add_config_arguments, load_config_from_args
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "config",
-        help="print the composed experiment config (YAML), or one section's fingerprint",
+        help="print the composed experiment config (YAML or JSON), whole or selected keys",
         description="Compose configs/experiment/<name>.yaml with its defaults and overrides and print it. "
         "Reads: config files. Writes: stdout.",
     )

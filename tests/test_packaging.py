@@ -32,4 +32,9 @@ def test_help_lists_every_stage_command():
     out = subprocess.run(
         [sys.executable, "-m", "lapa", "--help"], capture_output=True, text=True, check=True
     ).stdout
-    assert "config" in out
+    commands = [
+        "rollouts", "shards", "train-laq", "label", "make-backbones", "train-foundation", "action-stats",
+        "finetune", "eval-offline", "eval-sim", "serve", "export", "results", "config", "plot-curves",
+    ]  # fmt: skip
+    missing = [c for c in commands if f"    {c}" not in out]
+    assert not missing, f"lapa --help lacks {missing}"
