@@ -170,7 +170,8 @@ def _args(inputs: dict) -> dict:
 
 
 def test_no_weight_decay_on_norms_biases_embeddings(setup):
-    from lapa.foundation.optim import param_groups, warmup_cosine
+    from lapa.foundation.optim import param_groups
+    from lapa.utils.schedule import warmup_cosine
 
     model = setup[2]
     decay, no_decay = param_groups(model, 0.1)
@@ -179,6 +180,6 @@ def test_no_weight_decay_on_norms_biases_embeddings(setup):
     assert any("embed_tokens" in names[id(p)] for p in no_decay["params"])
     assert any("action_queries" in names[id(p)] for p in no_decay["params"])
     assert not any("vision" in names[id(p)] for p in decay["params"] + no_decay["params"])  # frozen
-    kw = dict(warmup_steps=10, max_steps=110, lr=1e-3, min_lr=1e-5)
+    kw = dict(warmup_steps=10, max_steps=110, min_ratio=1e-5 / 1e-3)
     assert warmup_cosine(0, **kw) == pytest.approx(0.1) and warmup_cosine(9, **kw) == pytest.approx(1.0)
     assert warmup_cosine(110, **kw) == pytest.approx(0.01) and warmup_cosine(60, **kw) == pytest.approx(0.505)

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from lapa.laq import metrics as M
 from lapa.laq.model import LAQModel, to_model_range
 from lapa.laq.synthetic import sprite_pairs
-from lapa.laq.task import warmup_cosine
+from lapa.utils.schedule import warmup_cosine
 
 K = 8
 ARCH = {

@@ -6,8 +6,6 @@ optimiser, the schedule and the validation metrics.
 
 from __future__ import annotations
 
-import math
-
 import lightning as L
 import numpy as np
 import torch
@@ -17,14 +15,7 @@ from lapa.finetune.config import FinetuneConfig
 from lapa.finetune.head import binned_cross_entropy
 from lapa.finetune.metrics import ActionMetrics
 from lapa.policy.model import PolicyModel
-
-
-def warmup_cosine(step: int, warmup: int, total: int, min_ratio: float) -> float:
-    """Linear warm-up then cosine decay to ``min_ratio`` of the peak learning rate."""
-    if warmup > 0 and step < warmup:
-        return (step + 1) / warmup
-    progress = min(1.0, (step - warmup) / max(1, total - warmup))
-    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+from lapa.utils.schedule import warmup_cosine_scheduler
 
 
 class FinetuneTask(L.LightningModule):
@@ -84,8 +75,7 @@ class FinetuneTask(L.LightningModule):
         groups = [{"params": body, "lr": cfg.lr}, {"params": head, "lr": cfg.head_lr or cfg.lr}]
         groups = [g for g in groups if g["params"]]
         opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
-        min_ratio = cfg.min_lr / cfg.lr if cfg.lr > 0 else 0.0
-        sched = torch.optim.lr_scheduler.LambdaLR(
-            opt, lambda step: warmup_cosine(step, cfg.warmup_steps, cfg.max_steps, min_ratio)
+        sched = warmup_cosine_scheduler(
+            opt, warmup_steps=cfg.warmup_steps, max_steps=cfg.max_steps, lr=cfg.lr, min_lr=cfg.min_lr
         )
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}

@@ -1,11 +1,11 @@
-"""AdamW parameter groups and the warmup + cosine learning-rate schedule."""
+"""AdamW parameter groups and the warmup + cosine learning-rate schedule of the foundation stage."""
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
+
+from lapa.utils.schedule import warmup_cosine_scheduler
 
 NO_DECAY_MARKERS = ("norm", "bias", "embed_tokens", "action_queries")
 
@@ -26,16 +26,6 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     ]
 
 
-def warmup_cosine(step: int, *, warmup_steps: int, max_steps: int, lr: float, min_lr: float) -> float:
-    """Learning-rate multiplier at ``step``: linear warmup to 1, cosine decay to min_lr / lr."""
-    if warmup_steps > 0 and step < warmup_steps:
-        return (step + 1) / warmup_steps
-    floor = min_lr / lr if lr > 0 else 0.0
-    span = max(1, max_steps - warmup_steps)
-    progress = min(1.0, (step - warmup_steps) / span)
-    return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
-
-
 def make_optimizer(model: nn.Module, tcfg) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
     betas = tuple(float(b) for b in tcfg.betas)
     optimizer = torch.optim.AdamW(
@@ -45,10 +35,10 @@ def make_optimizer(model: nn.Module, tcfg) -> tuple[torch.optim.Optimizer, torch
 
 
 def make_scheduler(optimizer: torch.optim.Optimizer, tcfg) -> torch.optim.lr_scheduler.LambdaLR:
-    kw = dict(
+    return warmup_cosine_scheduler(
+        optimizer,
         warmup_steps=int(tcfg.warmup_steps),
         max_steps=int(tcfg.max_steps),
         lr=float(tcfg.lr),
         min_lr=float(tcfg.min_lr),
     )
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: warmup_cosine(step, **kw))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import lightning as L
@@ -12,14 +11,7 @@ import torch.nn.functional as F
 
 from lapa.laq import metrics as M
 from lapa.laq.model import LAQModel, to_model_range
-
-
-def warmup_cosine(step: int, warmup: int, total: int, min_ratio: float) -> float:
-    """LR multiplier: linear warmup to 1, then cosine decay to ``min_ratio`` at ``total``."""
-    if warmup > 0 and step < warmup:
-        return (step + 1) / warmup
-    progress = min(1.0, (step - warmup) / max(1, total - warmup))
-    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+from lapa.utils.schedule import warmup_cosine_scheduler
 
 
 class LAQTask(L.LightningModule):
@@ -168,7 +160,11 @@ class LAQTask(L.LightningModule):
             betas=tuple(cfg["betas"]),
             eps=cfg["eps"],
         )
-        warmup, total = int(cfg["warmup_steps"]), int(cfg["max_steps"])
-        min_ratio = cfg["min_lr"] / cfg["lr"] if cfg["lr"] > 0 else 0.0
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(s, warmup, total, min_ratio))
+        sched = warmup_cosine_scheduler(
+            opt,
+            warmup_steps=cfg["warmup_steps"],
+            max_steps=cfg["max_steps"],
+            lr=cfg["lr"],
+            min_lr=cfg["min_lr"],
+        )
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step", "frequency": 1}}
