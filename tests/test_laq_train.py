@@ -53,6 +53,7 @@ def shards(tmp_path_factory):
             "data.sharding.resize=32",
             "data.sharding.crop=32",
             "data.sharding.fps=null",
+            "data.sharding.frame_offset=1",
             "data.sharding.val_fraction=0.3",
             "data.sharding.samples_per_shard=50",
         ],
