@@ -212,6 +212,7 @@ def test_cli_shards(video_dir, tmp_path, capsys):
                 "data.sharding.resize=32",
                 "data.sharding.crop=32",
                 "data.sharding.fps=5",
+                "data.sharding.frame_offset=1",
             ]
         )
     assert exit_info.value.code == 0

@@ -40,7 +40,9 @@ RULE_STAGES: dict[str, tuple[list[str], list[str]]] = {
         ["lapa.foundation"],
     ),
     "train_foundation": (["seed", "foundation", _LOADER], ["lapa.foundation"]),
-    "action_stats": (["finetune.stats"], ["lapa.finetune"]),
+    # the statistics modules only: editing finetuning code must not rebin the actions (and so
+    # retrain the action-pretrained foundation model)
+    "action_stats": (["finetune.stats"], ["lapa.finetune.action_stats", "lapa.finetune.shard_actions"]),
     "finetune": (["seed", "finetune", _LOADER], ["lapa.finetune"]),
     "eval_offline": (["evaluation"], ["lapa.evaluation"]),
     "eval_sim": (
