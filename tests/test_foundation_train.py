@@ -130,7 +130,7 @@ def test_num_tokens_mismatch_names_the_source(data, tmp_path):
 
 
 RESUME_ARGS = (
-    "foundation.training.max_steps=6",
+    "foundation.training.max_steps=24",  # a wide window after the first checkpoint for the kill
     "foundation.training.checkpoint_every_steps=2",
     "foundation.training.val_every_steps=1000",
     "foundation.training.val_batches=1",
