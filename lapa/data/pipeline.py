@@ -30,6 +30,7 @@ from webdataset.tariterators import tarfile_samples
 from lapa.data.codec import decode_jpeg, decode_npy
 from lapa.data.config import LoaderConfig
 from lapa.data.transforms import FrameAugment, resize_uint8
+from lapa.utils.io import read_json_object
 
 log = logging.getLogger(__name__)
 
@@ -57,12 +58,7 @@ def list_shards(shard_dir, split: str) -> list[str]:
 def read_info(shard_dir) -> dict:
     """``info.json`` of a shard directory (counts, image size, action_dim, num_tokens/vocab_size)."""
     path = Path(shard_dir) / "info.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: {shard_dir} is not a complete shard directory")
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{path} is not valid JSON: {exc}") from exc
+    return read_json_object(path, missing=f"{path} not found: {shard_dir} is not a complete shard directory")
 
 
 def expand_shards(shards: str | list[str], train: bool = True) -> list[str]:

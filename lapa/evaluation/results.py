@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from lapa.utils.io import atomic_directory, atomic_write_json, atomic_write_text
+from lapa.utils.io import atomic_directory, atomic_write_json, atomic_write_text, read_json_object
 
 log = logging.getLogger(__name__)
 
@@ -28,15 +27,6 @@ class ArmResults:
     offline: dict | None = None
 
 
-def _read_json(path: Path) -> dict:
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: missing (expected an evaluation metrics.json)")
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{path}: not valid JSON: {exc}") from exc
-
-
 def collect(inputs: list[str | Path]) -> dict[str, ArmResults]:
     """Group evaluation directories by arm; the arm is the folder above ``sim``/``offline``."""
     arms: dict[str, ArmResults] = {}
@@ -47,7 +37,12 @@ def collect(inputs: list[str | Path]) -> dict[str, ArmResults]:
             raise ValueError(f"{path}: expected an evaluation directory named 'sim' or 'offline'")
         arm = path.parent.name
         entry = arms.setdefault(arm, ArmResults(arm))
-        setattr(entry, kind, _read_json(path / "metrics.json"))
+        metrics = path / "metrics.json"
+        setattr(
+            entry,
+            kind,
+            read_json_object(metrics, missing=f"{metrics}: missing (expected an evaluation metrics.json)"),
+        )
     order = {name: i for i, name in enumerate(ARM_ORDER)}
     return dict(sorted(arms.items(), key=lambda kv: (order.get(kv[0], len(order)), kv[0])))
 
@@ -196,8 +191,8 @@ def write_results(
     title: str = "Results",
 ) -> dict:
     arms = collect(inputs)
-    laq_blob = _read_json(Path(laq_metrics)) if laq_metrics else None
-    label_blob = _read_json(Path(label_report)) if label_report else None
+    laq_blob = read_json_object(Path(laq_metrics)) if laq_metrics else None
+    label_blob = read_json_object(Path(label_report)) if label_report else None
     laq = laq_rows(laq_blob, label_blob)
     rows = success_rows(arms)
     offline = [

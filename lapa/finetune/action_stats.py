@@ -14,14 +14,12 @@ The statistics are a human-readable JSON artifact; everything else derives from 
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
-from lapa.utils.io import atomic_write_json
+from lapa.utils.io import atomic_write_json, read_json_object
 
 FORMAT = "lapa.action_stats"
 VERSION = 1
@@ -214,15 +212,7 @@ class ActionStats:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> ActionStats:
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"action statistics file not found: {path}")
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise ValueError(f"{path}: not valid JSON: {exc}") from exc
-        if not isinstance(data, dict):
-            raise ValueError(f"{path}: expected a JSON object")
+        data = read_json_object(path, missing=f"action statistics file not found: {path}")
         return cls.from_dict(data, source=str(path))
 
     def __eq__(self, other: object) -> bool:

@@ -17,7 +17,6 @@ and a training sample of the same scene give the same model input.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -27,7 +26,7 @@ import numpy as np
 import torch
 
 from lapa.finetune.action_stats import ActionStats
-from lapa.utils.io import atomic_directory, atomic_write_json
+from lapa.utils.io import atomic_directory, atomic_write_json, read_json_object
 
 FORMAT = "lapa.policy"
 VERSION = 1
@@ -171,15 +170,15 @@ class LAPAPolicy:
         for name in REQUIRED_FILES:
             if not (path / name).exists():
                 raise FileNotFoundError(f"{path} is not a policy directory: {name} is missing")
-        config = _read_json(path / "config.json")
+        config = read_json_object(path / "config.json")
         if config.get("format") != FORMAT:
             raise ValueError(f"{path / 'config.json'}: not a policy config (format={config.get('format')!r})")
-        preprocessor = _read_json(path / "preprocessor_config.json")
+        preprocessor = read_json_object(path / "preprocessor_config.json")
         stats = ActionStats.load(path / "action_stats.json")
         if stats.action_dim != config["action_dim"] or stats.num_bins != config["num_bins"]:
             raise ValueError(f"{path}: action_stats.json disagrees with config.json on action_dim/num_bins")
         fcfg = _foundation_section(OmegaConf.create(config["foundation"]))
-        llm_config = LlamaConfig.from_dict(_read_json(path / "llm_config.json"))
+        llm_config = LlamaConfig.from_dict(read_json_object(path / "llm_config.json"))
         llm_config._attn_implementation = fcfg.llm.attn_implementation or "sdpa"
         from lapa.policy.model import build_policy_model
 
@@ -251,13 +250,3 @@ class LAPAPolicy:
         if not isinstance(instruction, str) or not instruction.strip():
             raise ValueError("the instruction must be a non-empty string")
         return self.predict_batch([image], [instruction])[0]
-
-
-def _read_json(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ValueError(f"{path}: not valid JSON: {exc}") from exc
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a JSON object")
-    return data

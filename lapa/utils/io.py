@@ -59,6 +59,23 @@ def atomic_write_json(path: str | os.PathLike, obj: Any, indent: int = 2) -> Non
     atomic_write_text(path, json.dumps(obj, indent=indent, sort_keys=True, default=_json_default) + "\n")
 
 
+def read_json_object(path: str | os.PathLike, missing: str | None = None) -> dict:
+    """A JSON object from ``path``; every failure is an error naming the file.
+
+    ``missing`` is the message for an absent file (it should say what the file was expected to be).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(missing or f"{path}: not found")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{path}: not valid JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a JSON object")
+    return data
+
+
 def _json_default(obj: Any) -> Any:
     try:
         import numpy as np
