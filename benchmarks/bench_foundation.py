@@ -38,13 +38,13 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     from lapa.config import load_config
-    from lapa.foundation.backbones import load_backbones, make_backbones, read_instructions
-    from lapa.foundation.heads import LatentActionHead
-    from lapa.foundation.model import VLAModel
-    from lapa.foundation.optim import make_optimizer
-    from lapa.foundation.processing import VLAProcessor
-    from lapa.foundation.synthetic import write_labelled_shards
     from lapa.foundation.train import train_foundation
+    from lapa.utils.optim import make_optimizer
+    from lapa.vla.backbones import load_backbones, make_backbones, read_instructions
+    from lapa.vla.heads import LatentActionHead
+    from lapa.vla.model import VLAModel
+    from lapa.vla.processor import VLAProcessor
+    from tests.fixtures.foundation import write_labelled_shards
 
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)

@@ -67,7 +67,7 @@ def bench_label(pairs_videos: int, workers: int) -> float:
     from lapa.data.shards import write_pair_shards
     from lapa.laq.label import LAQTarget, label_shards
     from lapa.laq.model import LAQModel
-    from lapa.laq.synthetic import sprite_episodes
+    from tests.fixtures.laq import sprite_episodes
 
     cfg = load_config(
         "default", ["data.sharding.fps=null", "data.sharding.resize=64", "data.sharding.crop=64"]

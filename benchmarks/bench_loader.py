@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from lapa.config.data import LoaderConfig, ShardingConfig
 from lapa.data.codec import decode_jpeg
-from lapa.data.config import LoaderConfig, ShardingConfig
 from lapa.data.episode import Episode
 from lapa.data.pipeline import list_shards, make_loader
 from lapa.data.shards import write_pair_shards

@@ -47,9 +47,9 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    from lapa.finetune.synthetic import make_tiny_inputs, make_untrained_policy, tiny_config
     from lapa.policy import LAPAPolicy
     from lapa.policy.export import INPUT_NAMES, export_onnx
+    from tests.fixtures.policy import make_tiny_inputs, make_untrained_policy, tiny_config
 
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)

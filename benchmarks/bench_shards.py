@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
+from lapa.config.data import ShardingConfig
 from lapa.data.build import build_shards
-from lapa.data.config import ShardingConfig
 from lapa.data.shards import ShardWriter, encode_jpeg
 
 

@@ -85,10 +85,10 @@ def main() -> int:
     from lightning.fabric.strategies import ModelParallelStrategy
 
     from lapa.config import load_config
-    from lapa.foundation.distributed import fsdp2_parallelize
-    from lapa.foundation.heads import LatentActionHead
-    from lapa.foundation.model import VLAModel
-    from lapa.foundation.optim import param_groups
+    from lapa.utils.optim import param_groups
+    from lapa.vla.heads import LatentActionHead
+    from lapa.vla.model import VLAModel
+    from lapa.vla.parallelize import fsdp2_parallelize
 
     devices = torch.cuda.device_count()
     master = args.master if args.master != "auto" else ("fp32" if devices >= 2 else "bf16")

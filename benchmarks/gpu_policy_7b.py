@@ -73,10 +73,10 @@ def main() -> int:
         print("gpu_policy_7b: no CUDA GPU available; this benchmark needs one (nothing measured).")
         return 0
 
-    from lapa.finetune.action_stats import ActionStats
-    from lapa.foundation.tokenizer import train_llama_tokenizer
-    from lapa.policy.model import build_policy_model
+    from lapa.data.action_codec import ActionStats
+    from lapa.policy.build import build_policy_model
     from lapa.policy.policy import INPUT_NAMES, LAPAPolicy
+    from lapa.vla.tokenizer import train_llama_tokenizer
 
     cfg = _compose_7b_config()
     fcfg = cfg.foundation

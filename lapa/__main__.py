@@ -1,4 +1,4 @@
-from lapa.cli import main
+from lapa.commands import main
 
 if __name__ == "__main__":
     main()

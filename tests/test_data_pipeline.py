@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from lapa.data.config import LoaderConfig, ShardingConfig
+from lapa.config.data import LoaderConfig, ShardingConfig
 from lapa.data.episode import Episode
 from lapa.data.pipeline import ShardReadError, list_shards, make_dataset, make_loader, read_info
 from lapa.data.shards import ShardWriter, encode_jpeg, write_pair_shards, write_shard_dir_metadata

@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from lapa.config.data import ShardingConfig
 from lapa.data.codec import decode_jpeg, decode_npy
-from lapa.data.config import ShardingConfig
 from lapa.data.episode import Episode
 from lapa.data.samples import sample_indices, split_of
 from lapa.data.shards import ShardWriter, encode_jpeg, write_demo_shards, write_pair_shards

@@ -10,9 +10,9 @@ import pytest
 import torch
 from PIL import Image
 
-from lapa.cli import main
+from lapa.commands import main
+from lapa.config.data import LoaderConfig, ShardingConfig
 from lapa.data.build import build_shards
-from lapa.data.config import LoaderConfig, ShardingConfig
 from lapa.data.episode import Episode
 from lapa.data.pipeline import make_loader, read_info
 from lapa.data.samples import split_of

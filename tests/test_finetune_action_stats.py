@@ -9,8 +9,8 @@ import tarfile
 import numpy as np
 import pytest
 
-from lapa.finetune.action_stats import ActionStats
-from lapa.finetune.shard_actions import read_shard_actions
+from lapa.data.action_codec import ActionStats
+from lapa.data.shard_reader import read_shard_actions
 
 
 def _demo_actions(n: int, dim: int, seed: int = 0) -> np.ndarray:
@@ -111,7 +111,7 @@ def _npy(a) -> bytes:
 
 
 def test_shard_reader_and_cli(tmp_path):
-    from lapa.cli import main
+    from lapa.commands import main
 
     shards = tmp_path / "demos"
     (shards / "train").mkdir(parents=True)

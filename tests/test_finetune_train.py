@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 import torch
 
-from lapa.finetune.synthetic import make_tiny_foundation, make_tiny_inputs, tiny_config
 from lapa.finetune.train import build_model, finetune
+from tests.fixtures.policy import make_tiny_foundation, make_tiny_inputs, tiny_config
 
 STEPS = 20
 TRAIN_OVERRIDES = [
@@ -103,8 +103,8 @@ def test_rerun_resumes_from_the_last_checkpoint(setup, trained):
 
 
 def test_scratch_variant_builds_the_same_architecture(setup):
-    from lapa.finetune.action_stats import ActionStats
-    from lapa.foundation.model import VLAModel
+    from lapa.data.action_codec import ActionStats
+    from lapa.vla.model import VLAModel
 
     _, cfg, inputs = setup
     stats = ActionStats.load(inputs["action_stats"])
@@ -122,7 +122,7 @@ def test_scratch_variant_builds_the_same_architecture(setup):
 
 @pytest.mark.slow
 def test_scratch_finetune_command(setup):
-    from lapa.cli import main
+    from lapa.commands import main
 
     root, _, inputs = setup
     out = root / "scratch_policy"

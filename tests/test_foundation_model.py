@@ -9,11 +9,11 @@ import pytest
 import torch
 
 from lapa.config import load_config
-from lapa.foundation.heads import LatentActionHead
-from lapa.foundation.model import VLAModel, count_parameters
-from lapa.foundation.processing import VLAProcessor
-from lapa.foundation.tokenizer import train_llama_tokenizer
-from lapa.foundation.vision import FusedVisionEncoder
+from lapa.vla.heads import LatentActionHead
+from lapa.vla.model import VLAModel, count_parameters
+from lapa.vla.processor import VLAProcessor
+from lapa.vla.tokenizer import train_llama_tokenizer
+from lapa.vla.vision import FusedVisionEncoder
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 TEXTS = ["pick up block", "open drawer", "push the puck all the way to the goal on the far side of the table"]
@@ -141,8 +141,8 @@ def test_full_7b_configuration_is_the_real_architecture(tmp_path):
 
 
 def test_backbones_and_checkpoint_round_trip(tmp_path):
-    from lapa.foundation.backbones import load_backbones, make_backbones
-    from lapa.foundation.checkpoint import load_foundation, save_foundation
+    from lapa.vla.backbones import load_backbones, make_backbones
+    from lapa.vla.checkpoint import load_foundation, save_foundation
 
     cfg = tiny_config(tmp_path)
     make_backbones(cfg.foundation, TEXTS, tmp_path / "bb")
@@ -170,7 +170,7 @@ def _args(inputs: dict) -> dict:
 
 
 def test_no_weight_decay_on_norms_biases_embeddings(setup):
-    from lapa.foundation.optim import param_groups
+    from lapa.utils.optim import param_groups
     from lapa.utils.schedule import warmup_cosine
 
     model = setup[2]

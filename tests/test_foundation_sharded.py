@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from lapa.foundation.synthetic import write_labelled_shards
 from lapa.foundation.train import train_foundation
+from tests.fixtures.foundation import write_labelled_shards
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
@@ -48,8 +48,8 @@ def _losses(workdir: Path, key: str = "val/loss") -> dict[int, float]:
 
 @pytest.mark.slow
 def test_fsdp2_two_processes_shard_match_and_resume(tmp_path):
-    from lapa.foundation.backbones import make_backbones, read_instructions
-    from lapa.foundation.checkpoint import load_foundation
+    from lapa.vla.backbones import make_backbones, read_instructions
+    from lapa.vla.checkpoint import load_foundation
 
     sys.path.insert(0, str(Path(__file__).parent))
     from test_foundation_train import config, experiment_file

@@ -15,9 +15,9 @@ import torch
 from safetensors.torch import load_file
 
 from lapa.config import load_config
-from lapa.foundation.backbones import make_backbones, read_instructions
-from lapa.foundation.synthetic import write_labelled_shards
 from lapa.foundation.train import train_foundation
+from lapa.vla.backbones import make_backbones, read_instructions
+from tests.fixtures.foundation import write_labelled_shards
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
@@ -61,8 +61,8 @@ def data(tmp_path_factory):
 
 
 def test_overfits_32_samples(data, tmp_path):
-    from lapa.foundation.checkpoint import load_foundation
-    from lapa.foundation.processing import VLAProcessor
+    from lapa.vla.checkpoint import load_foundation
+    from lapa.vla.processor import VLAProcessor
 
     root, shards, backbones = data
     cfg = config(

@@ -11,8 +11,8 @@ import torch.nn.functional as F
 
 from lapa.laq import metrics as M
 from lapa.laq.model import LAQModel, to_model_range
-from lapa.laq.synthetic import sprite_pairs
 from lapa.utils.schedule import warmup_cosine
+from tests.fixtures.laq import sprite_pairs
 
 K = 8
 ARCH = {

@@ -18,7 +18,7 @@ from lapa.config import load_config
 from lapa.data.shards import write_pair_shards
 from lapa.laq.checkpoint import load_laq
 from lapa.laq.model import architecture_from_config
-from lapa.laq.synthetic import sprite_episodes
+from tests.fixtures.laq import sprite_episodes
 
 OVERRIDES = [
     "laq.image_size=32",
@@ -139,7 +139,7 @@ def _tar_members(path):
 
 @pytest.mark.slow
 def test_label_is_deterministic_and_has_the_contract_layout(shards, trained, tmp_path):
-    from lapa.cli import main
+    from lapa.commands import main
 
     outs = [tmp_path / "a", tmp_path / "b"]
     for out in outs:
@@ -221,8 +221,8 @@ def test_load_laq_rejects_mismatched_weights(tmp_path):
 
 def test_action_targets_bin_the_true_actions(shards, tmp_path):
     """The action-pretrained arm's labels: one token per action dimension, binned by the stats."""
-    from lapa.cli import main
-    from lapa.finetune.action_stats import ActionStats
+    from lapa.commands import main
+    from lapa.data.action_codec import ActionStats
 
     source = {}
     for split in ("train", "val"):
@@ -251,7 +251,7 @@ def test_action_targets_bin_the_true_actions(shards, tmp_path):
 
 
 def test_action_targets_need_actions(tmp_path):
-    from lapa.finetune.action_stats import ActionStats
+    from lapa.data.action_codec import ActionStats
     from lapa.laq.label import ActionTarget, label_shards
 
     sharding = ["data.sharding.resize=32", "data.sharding.crop=32", "data.sharding.fps=null"]

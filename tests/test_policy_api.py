@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from lapa.finetune.synthetic import make_tiny_inputs, make_untrained_policy, tiny_config
+from tests.fixtures.policy import make_tiny_inputs, make_untrained_policy, tiny_config
 
 
 @pytest.fixture(scope="module")
@@ -109,7 +109,7 @@ def test_policy_preprocessing_equals_the_training_batch_path(policy_setup, polic
 
 
 def test_onnx_export_agrees_with_pytorch(policy_setup, policy, tmp_path):
-    from lapa.cli import main
+    from lapa.commands import main
     from lapa.policy.export import INPUT_NAMES, example_inputs, onnx_logits
 
     out = tmp_path / "model.onnx"
@@ -127,7 +127,7 @@ def test_onnx_export_agrees_with_pytorch(policy_setup, policy, tmp_path):
 
 
 def test_eval_offline_writes_metrics_and_plot(policy_setup, tmp_path):
-    from lapa.cli import main
+    from lapa.commands import main
 
     _, _, inputs, path = policy_setup
     out = tmp_path / "eval"

@@ -11,9 +11,9 @@ import pytest
 import torch
 from PIL import Image
 
-from lapa.finetune.config import ServeConfig
-from lapa.finetune.synthetic import make_tiny_inputs, make_untrained_policy, tiny_config
+from lapa.config.finetune import ServeConfig
 from lapa.policy.server import create_app, running_server
+from tests.fixtures.policy import make_tiny_inputs, make_untrained_policy, tiny_config
 
 LIMITS = ServeConfig(max_image_bytes=60_000, max_image_pixels=200 * 200, max_instruction_chars=200)
 

@@ -19,7 +19,7 @@ CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 def test_results_table_ranks_expert_above_still_arm(tmp_path):
     pytest.importorskip("metaworld")
     from lapa.config import load_config
-    from lapa.sim.evaluate import evaluate_policy
+    from lapa.evaluation.closed_loop import evaluate_policy
     from lapa.sim.policies import ConstantPolicy, ExpertPolicy
 
     sim = load_config("default", ["sim.image_size=32", "sim.max_steps=100", "sim.save_videos=0"]).sim

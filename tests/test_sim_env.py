@@ -9,7 +9,7 @@ import lapa.sim  # noqa: E402,F401  (selects headless OpenGL before metaworld im
 
 pytest.importorskip("metaworld", reason="needs the 'sim' extra (metaworld)")
 
-from lapa.sim.config import ZoomCameraConfig  # noqa: E402
+from lapa.config.sim import ZoomCameraConfig  # noqa: E402
 from lapa.sim.env import MetaWorldEnv  # noqa: E402
 from lapa.sim.instructions import INSTRUCTIONS, instruction_for, task_for  # noqa: E402
 from lapa.sim.policies import ScriptedExpert  # noqa: E402

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import lapa.sim  # noqa: F401  (selects headless OpenGL before metaworld imports mujoco)
-from lapa.sim.evaluate import wilson_interval
+from lapa.evaluation.closed_loop import wilson_interval
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -38,7 +38,7 @@ def test_expert_policy_scores_high(tmp_path):
     pytest.importorskip("metaworld")
     import av
 
-    from lapa.sim.evaluate import evaluate_policy
+    from lapa.evaluation.closed_loop import evaluate_policy
     from lapa.sim.policies import ExpertPolicy
 
     sim = _sim()
@@ -62,7 +62,7 @@ def test_expert_policy_scores_high(tmp_path):
 @pytest.mark.sim
 def test_zero_policy_scores_low(tmp_path):
     pytest.importorskip("metaworld")
-    from lapa.sim.evaluate import evaluate_policy
+    from lapa.evaluation.closed_loop import evaluate_policy
     from lapa.sim.policies import ConstantPolicy
 
     sim = _sim("sim.max_steps=60", "sim.save_videos=0")
@@ -76,7 +76,7 @@ def test_zero_policy_scores_low(tmp_path):
 @pytest.mark.sim
 def test_bad_policy_and_seeds(tmp_path):
     pytest.importorskip("metaworld")
-    from lapa.sim.evaluate import evaluate_policy
+    from lapa.evaluation.closed_loop import evaluate_policy
     from lapa.sim.policies import ConstantPolicy
 
     sim = _sim()
@@ -94,7 +94,7 @@ def test_bad_policy_and_seeds(tmp_path):
 @pytest.mark.sim
 def test_eval_sim_command(tmp_path):
     pytest.importorskip("metaworld")
-    from lapa.cli import main
+    from lapa.commands import main
 
     out = tmp_path / "cli"
     with pytest.raises(SystemExit) as exit_info:

@@ -27,7 +27,7 @@ STAGE_COMMANDS = [
 
 
 def missing_commands() -> list[str]:
-    from lapa.cli import build_parser
+    from lapa.commands import build_parser
 
     sub = next(a for a in build_parser()._actions if a.dest == "command")
     return [c for c in STAGE_COMMANDS if c not in sub.choices]

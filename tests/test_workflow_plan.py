@@ -77,7 +77,7 @@ def test_settings_that_do_not_change_outputs_rerun_nothing(tree):
 
 def test_finetune_code_edit_reruns_finetune_and_downstream_only(tree):
     _, source, _ = tree
-    target = source / "lapa" / "finetune" / "commands.py"
+    target = source / "lapa" / "finetune" / "train.py"
     original = target.read_bytes()
     try:
         target.write_bytes(original + b"\n# edited\n")

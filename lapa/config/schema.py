@@ -5,11 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from lapa.config.cluster import ClusterConfig, EvalConfig, LoggingConfig, WorkflowConfig
-from lapa.data.config import DataConfig
-from lapa.finetune.config import FinetuneConfig
-from lapa.foundation.config import FoundationConfig
-from lapa.laq.config import LAQConfig
-from lapa.sim.config import SimConfig
+from lapa.config.data import DataConfig
+from lapa.config.finetune import FinetuneConfig
+from lapa.config.foundation import FoundationConfig
+from lapa.config.laq import LAQConfig
+from lapa.config.sim import SimConfig
 
 
 @dataclass

@@ -14,7 +14,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from lapa.data.config import ShardingConfig
+from lapa.config.data import ShardingConfig
 from lapa.data.samples import EpisodeSamples
 from lapa.data.shards import ShardDirBuilder, check_on_error, episode_samples, plain_settings
 from lapa.data.sources import Source, discover_sources, read_file_source

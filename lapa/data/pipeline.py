@@ -27,8 +27,8 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset
 from webdataset.tariterators import tarfile_samples
 
+from lapa.config.data import LoaderConfig
 from lapa.data.codec import decode_jpeg, decode_npy
-from lapa.data.config import LoaderConfig
 from lapa.data.transforms import FrameAugment, resize_uint8
 from lapa.utils.io import read_json_object
 

@@ -14,8 +14,8 @@ import tarfile
 from collections.abc import Iterable
 from pathlib import Path
 
+from lapa.config.data import ShardingConfig
 from lapa.data.codec import encode_jpeg, encode_member
-from lapa.data.config import ShardingConfig
 from lapa.data.episode import Episode
 from lapa.data.samples import SPLITS, EpisodeSamples, demo_samples, pair_samples, split_of
 from lapa.utils.io import atomic_directory, atomic_write_json

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lapa.finetune.metrics import ActionMetrics
+from lapa.evaluation.metrics import ActionMetrics
 from lapa.utils.io import atomic_directory, atomic_write_json
 
 log = logging.getLogger(__name__)

@@ -10,12 +10,12 @@ import lightning as L
 import numpy as np
 import torch
 
-from lapa.finetune.action_stats import ActionStats
-from lapa.finetune.config import FinetuneConfig
-from lapa.finetune.head import binned_cross_entropy
-from lapa.finetune.metrics import ActionMetrics
-from lapa.policy.model import PolicyModel
+from lapa.config.finetune import FinetuneConfig
+from lapa.data.action_codec import ActionStats
+from lapa.evaluation.metrics import ActionMetrics
+from lapa.policy.build import PolicyModel
 from lapa.utils.schedule import warmup_cosine_scheduler
+from lapa.vla.heads import binned_cross_entropy
 
 
 class FinetuneTask(L.LightningModule):

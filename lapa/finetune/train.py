@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from lapa.finetune.action_stats import ActionStats
+from lapa.data.action_codec import ActionStats
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +37,7 @@ def _loader_config(cfg: Any, batch_size: int):
 
 def build_model(cfg: Any, init: str, foundation_dir, backbones_dir, stats: ActionStats):
     """(model, tokenizer, foundation section) for the chosen initialisation."""
-    from lapa.policy.model import check_backbones_for, policy_from_backbones, policy_from_foundation
+    from lapa.policy.build import check_backbones_for, policy_from_backbones, policy_from_foundation
 
     if init not in INITS:
         raise ValueError(f"finetune.init must be one of {INITS}, got {init!r}")
@@ -119,9 +119,9 @@ def finetune(
 
     from lapa.data.pipeline import list_shards, make_loader, read_info
     from lapa.finetune.task import FinetuneTask
-    from lapa.foundation.processing import VLAProcessor
-    from lapa.policy.model import freeze_for_finetuning
+    from lapa.policy.build import freeze_for_finetuning
     from lapa.policy.policy import preprocessor_settings, save_policy
+    from lapa.vla.processor import VLAProcessor
 
     fc = cfg.finetune
     stats = ActionStats.load(action_stats_path)

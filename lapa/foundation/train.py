@@ -31,8 +31,8 @@ import torch
 import torch.nn.functional as F
 
 from lapa.foundation.data import LabelSpec, check_batch, label_spec, preflight_shards
-from lapa.foundation.distributed import RunPlan, full_state_dict, local_parameter_count, make_fabric, plan_run
 from lapa.foundation.metrics import LatentAccuracy
+from lapa.vla.parallelize import RunPlan, full_state_dict, local_parameter_count, make_fabric, plan_run
 
 log = logging.getLogger(__name__)
 
@@ -88,11 +88,11 @@ def setup(fabric: Any, plan: RunPlan, cfg: Any, backbones_dir, shards_dir, out_d
     from omegaconf import OmegaConf
 
     from lapa.data.pipeline import list_shards
-    from lapa.foundation.backbones import check_vision_matches, load_backbones
-    from lapa.foundation.heads import LatentActionHead
-    from lapa.foundation.model import VLAModel
-    from lapa.foundation.optim import make_optimizer
-    from lapa.foundation.processing import VLAProcessor
+    from lapa.utils.optim import make_optimizer
+    from lapa.vla.backbones import check_vision_matches, load_backbones
+    from lapa.vla.heads import LatentActionHead
+    from lapa.vla.model import VLAModel
+    from lapa.vla.processor import VLAProcessor
 
     fcfg, tcfg = cfg.foundation, cfg.foundation.training
     workdir = Path(workdir) if workdir else default_workdir(out_dir)
@@ -427,7 +427,7 @@ def fit(run: Run) -> dict:
 
 def export(run: Run, metrics: dict) -> None:
     """Gather the weights and write the consolidated checkpoint at the output path (rank 0)."""
-    from lapa.foundation.checkpoint import save_foundation
+    from lapa.vla.checkpoint import save_foundation
 
     state = full_state_dict(run.raw_model, run.plan.strategy)
     if run.fabric.global_rank == 0:

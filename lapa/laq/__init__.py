@@ -1,6 +1,6 @@
 """Stage 1: the latent action quantizer (a VQ-VAE over frame pairs) and latent labelling.
 
-Heavy modules load lazily so the config schema (which imports ``lapa.laq.config``) stays light.
+Heavy modules load lazily so the config schema (which imports ``lapa.config.laq``) stays light.
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ __all__ = ["LAPAPolicy", "save_policy"]
 
 
 def __getattr__(name: str):
-    # lazy: ``lapa --help`` imports lapa.policy.commands and must not pay for torch
+    # lazy: ``lapa --help`` imports lapa.commands.policy and must not pay for torch
     if name in __all__:
         from lapa.policy import policy
 

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from lapa.finetune.action_stats import ActionStats
+from lapa.data.action_codec import ActionStats
 from lapa.utils.io import atomic_directory, atomic_write_json, read_json_object
 
 FORMAT = "lapa.policy"
@@ -140,7 +140,7 @@ class LAPAPolicy:
         path=None,
         device: str | torch.device = "cpu",
     ) -> None:
-        from lapa.foundation.processing import VLAProcessor
+        from lapa.vla.processor import VLAProcessor
 
         self.model = model.eval()
         self.tokenizer = tokenizer
@@ -162,7 +162,7 @@ class LAPAPolicy:
         from transformers import AutoTokenizer, LlamaConfig, LlamaModel
         from transformers.initialization import no_init_weights
 
-        from lapa.foundation.checkpoint import _foundation_section
+        from lapa.vla.checkpoint import _foundation_section
 
         path = Path(path)
         if not path.is_dir():
@@ -180,7 +180,7 @@ class LAPAPolicy:
         fcfg = _foundation_section(OmegaConf.create(config["foundation"]))
         llm_config = LlamaConfig.from_dict(read_json_object(path / "llm_config.json"))
         llm_config._attn_implementation = fcfg.llm.attn_implementation or "sdpa"
-        from lapa.policy.model import build_policy_model
+        from lapa.policy.build import build_policy_model
 
         with no_init_weights():  # every weight comes from the file: skip the random initialisation
             llm = LlamaModel(llm_config)

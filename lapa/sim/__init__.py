@@ -1,7 +1,5 @@
-"""Meta-World rollouts (scripted experts) and closed-loop policy evaluation."""
+"""Meta-World: seeded environments, scripted experts, rollouts recorded as LeRobot datasets.
 
-import os
-
-# Headless rendering. MuJoCo picks its OpenGL backend when first imported, so this must happen
-# before anything imports mujoco (metaworld does); lapa.config imports this package early.
-os.environ.setdefault("MUJOCO_GL", "egl")
+Importing this package changes nothing in the process; the environment chooses headless
+rendering (``MUJOCO_GL=egl`` unless already set) just before it first imports MuJoCo.
+"""

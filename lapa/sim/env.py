@@ -20,10 +20,9 @@ from typing import Any
 
 import numpy as np
 
-from lapa.sim.config import ZoomCameraConfig
+from lapa.config.sim import ZoomCameraConfig
 from lapa.sim.instructions import instruction_for
 
-os.environ.setdefault("MUJOCO_GL", "egl")  # headless rendering (see lapa/sim/__init__.py)
 logging.getLogger("OpenGL").setLevel(logging.WARNING)  # PyOpenGL announces optional modules at INFO
 
 CAMERAS = ("zoom", "corner", "corner2", "corner3", "corner4", "behindGripper", "gripperPOV")
@@ -65,6 +64,9 @@ class MetaWorldEnv:
         zoom: ZoomCameraConfig | Any | None = None,
     ) -> None:
         import gymnasium as gym
+
+        # MuJoCo picks its OpenGL backend on first import: headless EGL unless the user chose one
+        os.environ.setdefault("MUJOCO_GL", "egl")
         import metaworld  # noqa: F401  (registers the Meta-World/* environments)
         import mujoco
 

@@ -143,7 +143,7 @@ def _worker_init(sim: dict) -> None:
 
 
 def _worker_env(task: str):
-    from lapa.sim.config import ZoomCameraConfig
+    from lapa.config.sim import ZoomCameraConfig
     from lapa.sim.env import MetaWorldEnv
 
     envs: dict = _WORKER["envs"]

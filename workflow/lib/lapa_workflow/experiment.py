@@ -42,7 +42,7 @@ RULE_STAGES: dict[str, tuple[list[str], list[str]]] = {
     "train_foundation": (["seed", "foundation", _LOADER], ["lapa.foundation"]),
     # the statistics modules only: editing finetuning code must not rebin the actions (and so
     # retrain the action-pretrained foundation model)
-    "action_stats": (["finetune.stats"], ["lapa.finetune.action_stats", "lapa.finetune.shard_actions"]),
+    "action_stats": (["finetune.stats"], ["lapa.data.action_codec", "lapa.data.shard_reader"]),
     "finetune": (["seed", "finetune", _LOADER], ["lapa.finetune"]),
     "eval_offline": (["evaluation"], ["lapa.evaluation"]),
     "eval_sim": (
@@ -50,7 +50,7 @@ RULE_STAGES: dict[str, tuple[list[str], list[str]]] = {
         ["lapa.evaluation", "lapa.sim"],
     ),
     "results": (["evaluation"], ["lapa.evaluation"]),
-    "plot_curves": ([], ["lapa.workflow_commands"]),
+    "plot_curves": ([], ["lapa.commands.workflow"]),
 }
 _DROP = {"train_laq": ["laq.label_batch_size", "laq.label_workers", "laq.training.num_workers"]}
 

@@ -2,8 +2,9 @@
 
 Every subcommand takes its inputs and outputs as explicit paths plus the experiment config
 (``--config NAME_OR_YAML`` and trailing ``key=value`` overrides), so a Snakemake rule is one
-command line. Stage modules register their subcommands in ``lapa/<stage>/commands.py``; they
-keep heavy imports (torch, simulator) inside their run functions so ``--help`` stays fast.
+command line. This package sits on top of every stage: ``lapa/commands/<stage>.py`` builds the
+parser of that stage's subcommands and calls into the stage; no stage imports this package.
+Heavy imports (torch, simulator) stay inside the run functions so ``lapa --help`` stays fast.
 """
 
 from __future__ import annotations
@@ -14,15 +15,15 @@ import logging
 import sys
 
 COMMAND_MODULES = [
-    "lapa.sim.commands",
-    "lapa.data.commands",
-    "lapa.laq.commands",
-    "lapa.foundation.commands",
-    "lapa.finetune.commands",
-    "lapa.policy.commands",
-    "lapa.evaluation.commands",
-    "lapa.evaluation.results_commands",
-    "lapa.workflow_commands",
+    "lapa.commands.sim",
+    "lapa.commands.data",
+    "lapa.commands.laq",
+    "lapa.commands.foundation",
+    "lapa.commands.finetune",
+    "lapa.commands.policy",
+    "lapa.commands.evaluation",
+    "lapa.commands.results",
+    "lapa.commands.workflow",
 ]
 
 

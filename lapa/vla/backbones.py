@@ -91,8 +91,8 @@ def make_backbones(cfg: Any, instructions: list[str], out_dir: str | os.PathLike
     from safetensors.torch import save_file
     from transformers import AutoTokenizer, LlamaModel
 
-    from lapa.foundation.model import llama_config_from
-    from lapa.foundation.vision import FusedVisionEncoder
+    from lapa.vla.model import llama_config_from
+    from lapa.vla.vision import FusedVisionEncoder
 
     llm_cfg = cfg.llm
     with atomic_directory(out_dir) as tmp:
@@ -101,7 +101,7 @@ def make_backbones(cfg: Any, instructions: list[str], out_dir: str | os.PathLike
             tokenizer = AutoTokenizer.from_pretrained(tok_src, local_files_only=True)
             tok_source = {"kind": _link_or_copy(tok_src, tmp / "tokenizer"), "path": str(tok_src)}
         else:
-            from lapa.foundation.tokenizer import train_llama_tokenizer
+            from lapa.vla.tokenizer import train_llama_tokenizer
 
             tokenizer = train_llama_tokenizer(instructions, int(llm_cfg.tokenizer_vocab_size))
             tokenizer.save_pretrained(tmp / "tokenizer")

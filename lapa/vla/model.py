@@ -14,8 +14,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from transformers import LlamaConfig, LlamaModel
 
-from lapa.foundation.projector import Projector
-from lapa.foundation.vision import FusedVisionEncoder, _get
+from lapa.vla.projector import Projector
+from lapa.vla.vision import FusedVisionEncoder, _get
 
 
 def llama_config_from(llm_cfg: Any, vocab_size: int | None = None) -> LlamaConfig:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 
-from lapa.cli import add_config_arguments, load_config_from_args
+from lapa.commands import add_config_arguments, load_config_from_args
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ def run_label(args: argparse.Namespace) -> int:
 
     cfg = load_config_from_args(args)
     if args.targets == "actions":
-        from lapa.finetune.action_stats import ActionStats
+        from lapa.data.action_codec import ActionStats
         from lapa.laq.label import ActionTarget
 
         if args.action_stats is None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 
-from lapa.cli import add_config_arguments, load_config_from_args
+from lapa.commands import add_config_arguments, load_config_from_args
 
 log = logging.getLogger(__name__)
 

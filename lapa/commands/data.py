@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from lapa.cli import add_config_arguments, load_config_from_args
+from lapa.commands import add_config_arguments, load_config_from_args
 
 _EPILOG = """\
 inputs: video files (mp4/webm/avi/mkv/mov, decoded with PyAV, sampled at data.sharding.fps),

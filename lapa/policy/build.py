@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from lapa.finetune.head import ContinuousActionHead
+from lapa.vla.heads import ContinuousActionHead
 
 log = logging.getLogger(__name__)
 
@@ -27,8 +27,8 @@ def build_policy_model(
     foundation_cfg: Any, action_dim: int, num_bins: int, *, llm=None, vocab_size=None
 ) -> nn.Module:
     """A VLAModel with one action query and a ContinuousActionHead (random unless ``llm`` is given)."""
-    from lapa.foundation.model import VLAModel
-    from lapa.foundation.vision import _get
+    from lapa.vla.model import VLAModel
+    from lapa.vla.vision import _get
 
     hidden = (
         int(llm.config.hidden_size)
@@ -45,7 +45,7 @@ def policy_from_foundation(foundation_dir: str | os.PathLike, action_dim: int, n
     With one query at the position of the foundation's first latent query, the new head reads the
     same hidden state the first latent token was predicted from. Returns (model, tokenizer, cfg).
     """
-    from lapa.foundation.checkpoint import load_foundation
+    from lapa.vla.checkpoint import load_foundation
 
     foundation, tokenizer, cfg, head_info = load_foundation(foundation_dir)
     model = build_policy_model(cfg, action_dim, num_bins, llm=foundation.llm)
@@ -62,7 +62,7 @@ def policy_from_backbones(
 ):
     """The scratch arm: pretrained (or random) towers and Llama from the backbones directory,
     a random projector, action query and head. Returns (model, tokenizer, cfg)."""
-    from lapa.foundation.backbones import check_vision_matches, load_backbones
+    from lapa.vla.backbones import check_vision_matches, load_backbones
 
     bb = load_backbones(backbones_dir)
     check_vision_matches(foundation_cfg.vision, bb.info, backbones_dir)
@@ -75,7 +75,7 @@ def policy_from_backbones(
 
 def check_backbones_for(foundation_cfg: Any, backbones_dir: str | os.PathLike) -> None:
     """The foundation checkpoint must have been built on the given backbones' vision towers."""
-    from lapa.foundation.backbones import check_vision_matches
+    from lapa.vla.backbones import check_vision_matches
 
     meta = Path(backbones_dir) / "backbones.json"
     if not meta.is_file():

@@ -6,7 +6,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from lapa.cli import add_config_arguments, load_config_from_args
+from lapa.commands import add_config_arguments, load_config_from_args
 
 log = logging.getLogger(__name__)
 
@@ -43,8 +43,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_action_stats(args: argparse.Namespace) -> int:
-    from lapa.finetune.action_stats import ActionStats
-    from lapa.finetune.shard_actions import read_shard_actions
+    from lapa.data.action_codec import ActionStats
+    from lapa.data.shard_reader import read_shard_actions
 
     cfg = load_config_from_args(args)
     sc = cfg.finetune.stats

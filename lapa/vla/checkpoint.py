@@ -26,7 +26,7 @@ def _foundation_section(cfg: Any):
     """A typed DictConfig of the foundation section from a dataclass, DictConfig or plain dict."""
     from omegaconf import OmegaConf
 
-    from lapa.foundation.config import FoundationConfig
+    from lapa.config.foundation import FoundationConfig
 
     base = OmegaConf.structured(FoundationConfig)
     data = cfg if not hasattr(cfg, "__dataclass_fields__") else OmegaConf.structured(cfg)
@@ -74,8 +74,8 @@ def load_foundation(path: str | os.PathLike, map_location: str | torch.device = 
     from safetensors.torch import load_file
     from transformers import AutoTokenizer, LlamaConfig, LlamaModel
 
-    from lapa.foundation.heads import LatentActionHead
-    from lapa.foundation.model import VLAModel
+    from lapa.vla.heads import LatentActionHead
+    from lapa.vla.model import VLAModel
 
     path = Path(path)
     for name in ("config.yaml", "llm_config.json", "model.safetensors", "head.json", "tokenizer"):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from lapa.cli import add_config_arguments, load_config_from_args
+from lapa.commands import add_config_arguments, load_config_from_args
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -40,7 +40,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_make_backbones(args: argparse.Namespace) -> int:
-    from lapa.foundation.backbones import make_backbones, read_instructions
+    from lapa.vla.backbones import make_backbones, read_instructions
 
     cfg = load_config_from_args(args)
     needs_text = not (cfg.foundation.llm.tokenizer_path or cfg.foundation.llm.path)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from lapa.finetune.action_stats import ActionStats
+from lapa.data.action_codec import ActionStats
 
 
 class ActionMetrics:

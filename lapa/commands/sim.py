@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from lapa.cli import add_config_arguments, load_config_from_args
+from lapa.commands import add_config_arguments, load_config_from_args
 
 _ROLLOUTS_EPILOG = """\
 Records Meta-World's scripted experts on every task in sim.tasks, sim.<split>_episodes_per_task
@@ -94,7 +94,7 @@ def _load_policy(args: argparse.Namespace):
 
 
 def _run_eval_sim(args: argparse.Namespace) -> int:
-    from lapa.sim.evaluate import evaluate_policy
+    from lapa.evaluation.closed_loop import evaluate_policy
 
     cfg = load_config_from_args(args)
     episodes = args.episodes or cfg.evaluation.episodes_per_task or cfg.sim.eval_episodes_per_task
