@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from lapa.config.finetune import ServeConfig
+from lapa.config.serve import ServeConfig
 from lapa.policy.server import create_app, running_server
 from tests.fixtures.policy import make_tiny_inputs, make_untrained_policy, tiny_config
 

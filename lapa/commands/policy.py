@@ -15,12 +15,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         "serve",
         help="serve a policy over HTTP (POST /act, GET /health)",
         description="Load a policy directory and answer POST /act (an image as multipart JPEG/PNG or base64 "
-        "JSON, and an instruction) with the continuous action as JSON. Limits: finetune.serve.*. "
+        "JSON, and an instruction) with the continuous action as JSON. Limits: serve.*. "
         "Reads: policy directory. Writes: nothing.",
     )
     p.add_argument("--policy", required=True, help="policy directory (lapa finetune)")
-    p.add_argument("--host", default=None, help="bind address (default finetune.serve.host, 127.0.0.1)")
-    p.add_argument("--port", type=int, default=None, help="port (default finetune.serve.port, 8000)")
+    p.add_argument("--host", default=None, help="bind address (default serve.host, 127.0.0.1)")
+    p.add_argument("--port", type=int, default=None, help="port (default serve.port, 8000)")
     p.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
     add_config_arguments(p)
     p.set_defaults(func=run_serve)
@@ -57,7 +57,7 @@ def run_serve(args: argparse.Namespace) -> int:
     from lapa.policy.server import serve
 
     cfg = load_config_from_args(args)
-    limits = OmegaConf.to_object(cfg.finetune.serve)
+    limits = OmegaConf.to_object(cfg.serve)
     limits = replace(limits, host=args.host or limits.host, port=args.port or limits.port)
     policy = LAPAPolicy.from_pretrained(args.policy, device=_device(args.device))
     serve(policy, limits, name=str(args.policy))

@@ -1,4 +1,4 @@
-"""Configuration of action statistics, finetuning (stage 3) and serving the policy."""
+"""Configuration of action statistics and finetuning (stage 3)."""
 
 from __future__ import annotations
 
@@ -11,17 +11,6 @@ class ActionStatsConfig:
     high_quantile: float = 0.99
     num_bins: int = 256
     split: str = "train"  # statistics come from the training demonstrations only
-
-
-@dataclass
-class ServeConfig:
-    """Limits of the HTTP policy server; requests beyond them get a 4xx answer."""
-
-    host: str = "127.0.0.1"
-    port: int = 8000
-    max_image_bytes: int = 8_000_000  # encoded size (after base64 decoding)
-    max_image_pixels: int = 4096 * 4096  # width x height of the decoded image
-    max_instruction_chars: int = 1000
 
 
 @dataclass
@@ -47,4 +36,3 @@ class FinetuneConfig:
     num_nodes: int = 1
     strategy: str = "auto"  # auto | ddp | fsdp
     seed: int | None = None  # None: the experiment seed
-    serve: ServeConfig = field(default_factory=ServeConfig)

@@ -9,6 +9,7 @@ from lapa.config.data import DataConfig
 from lapa.config.finetune import FinetuneConfig
 from lapa.config.foundation import FoundationConfig
 from lapa.config.laq import LAQConfig
+from lapa.config.serve import ServeConfig
 from lapa.config.sim import SimConfig
 
 
@@ -21,6 +22,7 @@ class ExperimentConfig:
     laq: LAQConfig = field(default_factory=LAQConfig)
     foundation: FoundationConfig = field(default_factory=FoundationConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    serve: ServeConfig = field(default_factory=ServeConfig)
     evaluation: EvalConfig = field(default_factory=EvalConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)

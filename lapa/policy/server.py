@@ -27,7 +27,7 @@ from typing import Any, Protocol
 import numpy as np
 from fastapi import Request  # at module level: FastAPI resolves the endpoint's annotations here
 
-from lapa.config.finetune import ServeConfig
+from lapa.config.serve import ServeConfig
 
 log = logging.getLogger(__name__)
 
