@@ -1,5 +1,6 @@
 """Stage 0: sources (videos, image folders, LeRobot datasets, simulator rollouts) into shards, and loaders.
 
 Heavy modules (torch, lightning) are imported from their submodules: ``lapa.data.pipeline``,
-``lapa.data.datamodule``, ``lapa.data.shards``, ``lapa.data.transforms``.
+``lapa.data.shards``, ``lapa.data.transforms``; ``lapa.data.action_codec`` bins continuous
+actions for every stage that needs it.
 """

@@ -1,1 +1,1 @@
-"""Stage 3: action statistics and finetuning to continuous (binned) robot actions."""
+"""Stage 3: finetuning the policy network (``lapa.policy``) to binned robot actions."""

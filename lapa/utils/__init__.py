@@ -1,1 +1,1 @@
-"""Small shared helpers (atomic writes, seeding, logging)."""
+"""Shared helpers below every stage: atomic writes, the learning-rate schedule, the optimiser."""
