@@ -7,10 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-try:  # triton (pulled in lazily by torch's exporters) segfaults if it loads after MuJoCo's EGL
-    import triton  # noqa: F401
-except ImportError:
-    pass
+from lapa.sim.env import prepare_headless_rendering
+
+# Test modules import metaworld (and so MuJoCo) at collection; choose the headless backend first.
+prepare_headless_rendering()
 
 CODE_BASE, CODE_STEP = 20, 9  # background grey level of frame i: 20 + 9 i (i < 26), robust to JPEG/x264
 

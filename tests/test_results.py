@@ -10,8 +10,6 @@ from pathlib import Path
 
 import pytest
 
-import lapa.sim  # noqa: F401  (selects headless OpenGL before metaworld imports mujoco)
-
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 

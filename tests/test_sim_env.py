@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
-
-import lapa.sim  # noqa: E402,F401  (selects headless OpenGL before metaworld imports mujoco)
 
 pytest.importorskip("metaworld", reason="needs the 'sim' extra (metaworld)")
 
@@ -97,3 +98,17 @@ def test_expert_succeeds_and_step_cap():
         assert flags == [False, False, False, False, True]
         with pytest.raises(ValueError, match="4 values"):
             env.step(np.zeros(3))
+
+
+def test_a_process_that_renders_can_load_torch_compilers_afterwards():
+    """triton (torch's compiler back end, imported lazily by exporters) must load after rendering."""
+    pytest.importorskip("triton")
+    code = (
+        "from lapa.sim.env import MetaWorldEnv\n"
+        "env = MetaWorldEnv('reach-v3', seed=0, image_size=32)\n"
+        "env.reset()\n"
+        "import triton\n"
+        "print('ok')\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stderr[-2000:]

@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import lapa.sim  # noqa: F401  (selects headless OpenGL before metaworld imports mujoco)
 from lapa.evaluation.closed_loop import wilson_interval
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"

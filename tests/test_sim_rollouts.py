@@ -8,8 +8,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import lapa.sim  # noqa: F401  (selects headless OpenGL before metaworld imports mujoco)
-
 pytest.importorskip("metaworld", reason="needs the 'sim' extra (metaworld)")
 
 from lapa.config import load_config  # noqa: E402

@@ -12,6 +12,7 @@ own ``mujoco.Renderer`` with shadows and reflections off (~10x faster).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import warnings
@@ -29,6 +30,19 @@ CAMERAS = ("zoom", "corner", "corner2", "corner3", "corner4", "behindGripper", "
 # Cameras whose frame is defined with the image "up" axis pointing down in the Meta-World XML.
 _UPSIDE_DOWN = {"corner", "corner2", "corner3", "corner4"}
 ACTION_DIM = 4
+
+
+def prepare_headless_rendering() -> None:
+    """Choose headless EGL rendering (unless ``MUJOCO_GL`` is set) before MuJoCo is first imported.
+
+    Also loads triton first when it is installed (torch's CUDA builds ship it, and torch's
+    compilers and exporters import it lazily): triton loaded after MuJoCo's EGL context exists
+    kills the process with a segmentation fault, so a process that renders and later exports or
+    compiles a model would crash. Loading it before the context is made avoids that.
+    """
+    os.environ.setdefault("MUJOCO_GL", "egl")
+    with contextlib.suppress(ImportError):
+        import triton  # noqa: F401
 
 
 def layout_seed(task: str, seed: int) -> int:
@@ -65,8 +79,7 @@ class MetaWorldEnv:
     ) -> None:
         import gymnasium as gym
 
-        # MuJoCo picks its OpenGL backend on first import: headless EGL unless the user chose one
-        os.environ.setdefault("MUJOCO_GL", "egl")
+        prepare_headless_rendering()
         import metaworld  # noqa: F401  (registers the Meta-World/* environments)
         import mujoco
 
