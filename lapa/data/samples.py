@@ -8,10 +8,10 @@ import re
 from dataclasses import dataclass, field
 
 import numpy as np
-from PIL import Image
 
 from lapa.data.codec import encode_jpeg
 from lapa.data.episode import Episode
+from lapa.data.images import center_crop, resize_crop, resized_shape  # noqa: F401 (re-exported)
 
 SPLITS = ("train", "val")
 
@@ -33,30 +33,6 @@ _KEY_UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
 def sample_key(episode_id: str, frame_index: int) -> str:
     """A tar-safe key: webdataset splits member names at the first dot, so ids lose dots and slashes."""
     return f"{_KEY_UNSAFE.sub('_', episode_id)}_{frame_index:06d}"
-
-
-def resized_shape(height: int, width: int, shorter: int) -> tuple[int, int]:
-    scale = shorter / min(height, width)
-    return max(shorter, round(height * scale)), max(shorter, round(width * scale))
-
-
-def center_crop(image: np.ndarray, crop: int) -> np.ndarray:
-    h, w = image.shape[:2]
-    if h < crop or w < crop:
-        raise ValueError(f"cannot crop {crop}x{crop} from a {h}x{w} image")
-    top, left = (h - crop) // 2, (w - crop) // 2
-    return image[top : top + crop, left : left + crop]
-
-
-def resize_crop(image: np.ndarray, resize: int, crop: int) -> np.ndarray:
-    """Shorter side to ``resize`` (antialiased), then a centre ``crop`` square; crop-sized squares pass."""
-    h, w = image.shape[:2]
-    if h == crop and w == crop:
-        return image
-    if min(h, w) != resize:
-        nh, nw = resized_shape(h, w, resize)
-        image = np.asarray(Image.fromarray(image).resize((nw, nh), Image.BILINEAR, reducing_gap=None))
-    return center_crop(image, crop)
 
 
 def sample_indices(num_frames: int, native_fps: float | None, target_fps: float | None) -> np.ndarray:

@@ -10,7 +10,8 @@ import random
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
+
+from lapa.data.images import resize_square
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -33,11 +34,9 @@ def to_unit_range(batch_uint8: torch.Tensor) -> torch.Tensor:
 
 
 def resize_uint8(frames: torch.Tensor, size: int) -> torch.Tensor:
-    """Resize uint8 [N,3,H,W] to size x size (antialiased bilinear); returns the input when already there."""
-    if frames.shape[-2:] == (size, size):
-        return frames
-    # torch resamples uint8 natively, about 3x faster than through float
-    return F.interpolate(frames.contiguous(), size=(size, size), mode="bilinear", antialias=True)
+    """Resize uint8 [N,3,H,W] to size x size with lapa's one resampler (``lapa.data.images``);
+    returns the input when already there."""
+    return resize_square(frames, size)
 
 
 class FrameAugment:

@@ -17,6 +17,8 @@ and a training sample of the same scene give the same model input.
 
 from __future__ import annotations
 
+import hashlib
+import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -26,7 +28,10 @@ import numpy as np
 import torch
 
 from lapa.data.action_codec import ActionStats
+from lapa.data.images import RESAMPLER
 from lapa.utils.io import atomic_directory, atomic_write_json, read_json_object
+
+log = logging.getLogger(__name__)
 
 FORMAT = "lapa.policy"
 VERSION = 1
@@ -61,6 +66,7 @@ def preprocessor_settings(foundation_cfg: Any, sharding_cfg: Any, loader_cfg: An
         "image_size": int(foundation_cfg.vision.image_size),  # VLAProcessor's output size
         "max_text_tokens": int(foundation_cfg.max_text_tokens),
         "image_format": "uint8 RGB; each vision tower normalises with its own mean/std",
+        "resampler": RESAMPLER,  # lapa.data.images: every resize above uses it
     }
 
 
@@ -96,39 +102,108 @@ def save_policy(
         atomic_write_json(tmp / "config.json", config)
 
 
-def _resize_crop_hwc(image: np.ndarray, resize: int, crop: int) -> np.ndarray:
-    from lapa.data.samples import resize_crop
+BACKENDS = ("torch", "onnx")
+ONNX_FILE = "model.onnx"  # an exported graph inside the policy directory is used as it is
+FINGERPRINT_KEY = "lapa.policy_fingerprint"  # ONNX metadata: the weights the graph was exported from
 
-    return resize_crop(image, resize, crop)
+
+def policy_fingerprint(path: str | os.PathLike) -> str:
+    """sha256 of the files that decide the network (config, Llama config, weights) of a policy directory."""
+    path = Path(path)
+    digest = hashlib.sha256()
+    for name in ("config.json", "llm_config.json", "model.safetensors"):
+        digest.update(name.encode() + b"\0")
+        with open(path / name, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 22), b""):
+                digest.update(chunk)
+    return digest.hexdigest()
 
 
-def _to_hwc_uint8(image: Any) -> np.ndarray:
-    if isinstance(image, np.ndarray):
-        arr = image
-    elif isinstance(image, torch.Tensor):
-        arr = image.detach().cpu().numpy()
-        if arr.ndim == 3 and arr.shape[0] in (1, 3, 4) and arr.shape[-1] not in (1, 3, 4):
-            arr = arr.transpose(1, 2, 0)
-    else:
-        try:
-            arr = np.asarray(image.convert("RGB"))
-        except AttributeError as exc:
-            raise TypeError(
-                f"unsupported image type {type(image).__name__}: pass HWC uint8 numpy or PIL"
-            ) from exc
-    if arr.dtype != np.uint8:
-        raise TypeError(f"images must be uint8, got {arr.dtype}")
-    if arr.ndim == 2:
-        arr = np.repeat(arr[..., None], 3, axis=-1)
-    if arr.ndim != 3 or arr.shape[-1] not in (1, 3, 4):
-        raise ValueError(f"images must be HWC with 1, 3 or 4 channels, got shape {arr.shape}")
-    if arr.shape[-1] == 1:
-        arr = np.repeat(arr, 3, axis=-1)
-    return np.ascontiguousarray(arr[..., :3])
+def onnx_cache_path(path: str | os.PathLike) -> Path:
+    """Where ``backend="onnx"`` exports a policy that holds no ``model.onnx``: a hidden folder beside it.
+
+    Beside, not inside: the policy directory is an artifact of the workflow and stays unchanged.
+    """
+    path = Path(path)
+    return path.parent / f".{path.name}.onnx-cache" / ONNX_FILE
+
+
+def _check_backend(backend: str) -> str:
+    if backend not in BACKENDS:
+        raise ValueError(
+            f"unknown policy backend {backend!r}: choose one of {', '.join(map(repr, BACKENDS))}"
+        )
+    return backend
+
+
+def _read_policy_files(path: Path) -> tuple[dict, dict, ActionStats]:
+    if not path.is_dir():
+        raise FileNotFoundError(f"policy directory not found: {path}")
+    for name in REQUIRED_FILES:
+        if not (path / name).exists():
+            raise FileNotFoundError(f"{path} is not a policy directory: {name} is missing")
+    config = read_json_object(path / "config.json")
+    if config.get("format") != FORMAT:
+        raise ValueError(f"{path / 'config.json'}: not a policy config (format={config.get('format')!r})")
+    preprocessor = read_json_object(path / "preprocessor_config.json")
+    stats = ActionStats.load(path / "action_stats.json")
+    if stats.action_dim != config["action_dim"] or stats.num_bins != config["num_bins"]:
+        raise ValueError(f"{path}: action_stats.json disagrees with config.json on action_dim/num_bins")
+    return config, preprocessor, stats
+
+
+def _load_model(path: Path, config: dict, stats: ActionStats) -> torch.nn.Module:
+    from omegaconf import OmegaConf
+    from safetensors.torch import load_file
+    from transformers import LlamaConfig, LlamaModel
+    from transformers.initialization import no_init_weights
+
+    from lapa.policy.build import build_policy_model
+    from lapa.vla.checkpoint import _foundation_section
+
+    fcfg = _foundation_section(OmegaConf.create(config["foundation"]))
+    llm_config = LlamaConfig.from_dict(read_json_object(path / "llm_config.json"))
+    llm_config._attn_implementation = fcfg.llm.attn_implementation or "sdpa"
+    with no_init_weights():  # every weight comes from the file: skip the random initialisation
+        llm = LlamaModel(llm_config)
+        model = build_policy_model(fcfg, stats.action_dim, stats.num_bins, llm=llm)
+    state = load_file(str(path / "model.safetensors"), device="cpu")
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise ValueError(
+            f"{path / 'model.safetensors'} does not match the policy: missing {missing[:5]}, "
+            f"unexpected {unexpected[:5]}"
+        )
+    return model
+
+
+def _onnx_session(onnx_path: Path, device: torch.device, threads: int | None):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = int(threads or torch.get_num_threads())
+    options.inter_op_num_threads = 1
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    providers = ["CPUExecutionProvider"]
+    if device.type == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
+        providers.insert(0, "CUDAExecutionProvider")
+    try:
+        return ort.InferenceSession(str(onnx_path), options, providers=providers)
+    except Exception as exc:  # onnxruntime raises its own exception types
+        raise ValueError(f"{onnx_path}: not a loadable ONNX model: {exc}") from exc
+
+
+def _exported_fingerprint(session) -> str | None:
+    return session.get_modelmeta().custom_metadata_map.get(FINGERPRINT_KEY)
 
 
 class LAPAPolicy:
-    """A loaded policy: ``predict(image, instruction)`` returns the continuous action (float32 [A])."""
+    """A loaded policy: ``predict(image, instruction)`` returns the continuous action (float32 [A]).
+
+    Two backends run the network on the same preprocessing: ``torch`` (the PyTorch model,
+    ``self.model``) and ``onnx`` (the exported graph under ONNX Runtime, ``self.session``;
+    ``self.model`` is None). Both give the same bins on the same inputs.
+    """
 
     def __init__(
         self,
@@ -139,10 +214,18 @@ class LAPAPolicy:
         config: dict,
         path=None,
         device: str | torch.device = "cpu",
+        *,
+        session=None,
+        onnx_path: str | os.PathLike | None = None,
     ) -> None:
         from lapa.vla.processor import VLAProcessor
 
-        self.model = model.eval()
+        if (model is None) == (session is None):
+            raise ValueError("LAPAPolicy needs either a PyTorch model or an ONNX Runtime session")
+        self.model = model.eval() if model is not None else None
+        self.session = session
+        self.backend = "onnx" if session is not None else "torch"
+        self.onnx_path = Path(onnx_path) if onnx_path is not None else None
         self.tokenizer = tokenizer
         self.stats = stats
         self.preprocessor = preprocessor
@@ -154,47 +237,83 @@ class LAPAPolicy:
     # ------------------------------------------------------------------ loading
     @classmethod
     def from_pretrained(
-        cls, path: str | os.PathLike, device: str | torch.device = "cpu", dtype: torch.dtype | None = None
+        cls,
+        path: str | os.PathLike,
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype | None = None,
+        backend: str = "torch",
+        onnx_path: str | os.PathLike | None = None,
+        threads: int | None = None,
     ) -> LAPAPolicy:
-        """Load a policy directory with local files only (safetensors, JSON, tokenizer files)."""
-        from omegaconf import OmegaConf
-        from safetensors.torch import load_file
-        from transformers import AutoTokenizer, LlamaConfig, LlamaModel
-        from transformers.initialization import no_init_weights
+        """Load a policy directory with local files only (safetensors, JSON, tokenizer files, ONNX).
 
-        from lapa.vla.checkpoint import _foundation_section
+        ``backend="torch"`` builds the PyTorch model (on ``device``, in ``dtype``).
+        ``backend="onnx"`` runs the network under ONNX Runtime (CPU; CUDA where its provider is
+        installed), from, in this order: ``onnx_path``; ``<path>/model.onnx``; the export cache
+        beside the directory (``onnx_cache_path``), exported there atomically on first use and
+        again whenever the policy's weights change. ``threads``: ONNX Runtime's intra-op threads
+        (default: torch's). Raises ValueError for an unknown backend, a graph exported from other
+        weights, or a ``dtype`` with the ONNX backend; FileNotFoundError for missing files.
+        """
+        from transformers import AutoTokenizer
 
+        _check_backend(backend)
         path = Path(path)
-        if not path.is_dir():
-            raise FileNotFoundError(f"policy directory not found: {path}")
-        for name in REQUIRED_FILES:
-            if not (path / name).exists():
-                raise FileNotFoundError(f"{path} is not a policy directory: {name} is missing")
-        config = read_json_object(path / "config.json")
-        if config.get("format") != FORMAT:
-            raise ValueError(f"{path / 'config.json'}: not a policy config (format={config.get('format')!r})")
-        preprocessor = read_json_object(path / "preprocessor_config.json")
-        stats = ActionStats.load(path / "action_stats.json")
-        if stats.action_dim != config["action_dim"] or stats.num_bins != config["num_bins"]:
-            raise ValueError(f"{path}: action_stats.json disagrees with config.json on action_dim/num_bins")
-        fcfg = _foundation_section(OmegaConf.create(config["foundation"]))
-        llm_config = LlamaConfig.from_dict(read_json_object(path / "llm_config.json"))
-        llm_config._attn_implementation = fcfg.llm.attn_implementation or "sdpa"
-        from lapa.policy.build import build_policy_model
-
-        with no_init_weights():  # every weight comes from the file: skip the random initialisation
-            llm = LlamaModel(llm_config)
-            model = build_policy_model(fcfg, stats.action_dim, stats.num_bins, llm=llm)
-        state = load_file(str(path / "model.safetensors"), device="cpu")
-        missing, unexpected = model.load_state_dict(state, strict=False)
-        if missing or unexpected:
-            raise ValueError(
-                f"{path / 'model.safetensors'} does not match the policy: missing {missing[:5]}, "
-                f"unexpected {unexpected[:5]}"
-            )
-        model.to(device=device, dtype=dtype)
+        config, preprocessor, stats = _read_policy_files(path)
         tokenizer = AutoTokenizer.from_pretrained(path / "tokenizer", local_files_only=True)
-        return cls(model, tokenizer, stats, preprocessor, config, path=path, device=device)
+        if backend == "torch":
+            if onnx_path is not None:
+                raise ValueError("onnx_path is for backend='onnx'")
+            model = _load_model(path, config, stats).to(device=device, dtype=dtype)
+            return cls(model, tokenizer, stats, preprocessor, config, path=path, device=device)
+        if dtype not in (None, torch.float32):
+            raise ValueError(f"dtype={dtype} is for backend='torch'; the ONNX graph computes in float32")
+        device = torch.device(device)
+        fingerprint = policy_fingerprint(path)
+        explicit = Path(onnx_path) if onnx_path is not None else path / ONNX_FILE
+        if onnx_path is not None or explicit.is_file():
+            if not explicit.is_file():
+                raise FileNotFoundError(f"ONNX model not found: {explicit}")
+            session = _onnx_session(explicit, device, threads)
+            exported = _exported_fingerprint(session)
+            if exported is None:
+                log.warning("%s records no policy fingerprint: cannot check it matches %s", explicit, path)
+            elif exported != fingerprint:
+                raise ValueError(
+                    f"{explicit} was exported from other weights than {path / 'model.safetensors'}: "
+                    f"export it again (lapa export --policy {path} --out {explicit})"
+                )
+            onnx_file = explicit
+        else:
+            onnx_file = onnx_cache_path(path)
+            session = _onnx_session(onnx_file, device, threads) if onnx_file.is_file() else None
+            if session is None or _exported_fingerprint(session) != fingerprint:
+                from lapa.policy.export import export_onnx
+
+                log.info("exporting %s to ONNX at %s", path, onnx_file)
+                reference = cls(
+                    _load_model(path, config, stats), tokenizer, stats, preprocessor, config, path
+                )
+                try:
+                    export_onnx(reference, onnx_file, fingerprint=fingerprint)
+                except OSError as exc:
+                    raise OSError(
+                        f"cannot write the ONNX export of {path} to {onnx_file} ({exc}); export it "
+                        f"elsewhere (lapa export --policy {path} --out FILE) and pass onnx_path=FILE"
+                    ) from exc
+                del reference
+                session = _onnx_session(onnx_file, device, threads)
+        return cls(
+            None,
+            tokenizer,
+            stats,
+            preprocessor,
+            config,
+            path=path,
+            device=device,
+            session=session,
+            onnx_path=onnx_file,
+        )
 
     # ------------------------------------------------------------------ properties
     @property
@@ -208,18 +327,15 @@ class LAPAPolicy:
     # ------------------------------------------------------------------ preprocessing
     def prepare_images(self, images: Sequence[Any]) -> torch.Tensor:
         """Raw HWC uint8 / PIL images -> uint8 [B,3,S,S] exactly as demonstration samples became batches."""
-        from lapa.data.transforms import resize_uint8
+        from lapa.data.images import resize_crop, resize_square, to_uint8_rgb
 
         p = self.preprocessor
         crop, resize = p["shard_crop"], p["shard_resize"]
         out = []
         for image in images:
-            arr = _to_hwc_uint8(image)
-            if arr.shape[:2] != (crop, crop):
-                arr = _resize_crop_hwc(arr, resize, crop)
-            arr = np.ascontiguousarray(arr) if arr.flags.writeable else arr.copy()
+            arr = np.ascontiguousarray(resize_crop(to_uint8_rgb(image), resize, crop))
             t = torch.from_numpy(arr).permute(2, 0, 1)[None]
-            out.append(resize_uint8(t, p["loader_image_size"])[0])
+            out.append(resize_square(t, p["loader_image_size"])[0])
         return torch.stack(out)
 
     # ------------------------------------------------------------------ inference
@@ -227,6 +343,9 @@ class LAPAPolicy:
     def logits_from_tensors(self, images_uint8: torch.Tensor, texts: Sequence[str]) -> torch.Tensor:
         """The training batch path: loader images [B,3,H,W] + instructions -> logits [B, A, bins]."""
         inputs = self.processor(images_uint8, list(texts))
+        if self.session is not None:
+            feed = {k: inputs[k].numpy() for k in INPUT_NAMES}
+            return torch.from_numpy(self.session.run(["logits"], feed)[0])
         return self.model(*(inputs[k].to(self.device) for k in INPUT_NAMES)).float()
 
     def bins_from_tensors(self, images_uint8: torch.Tensor, texts: Sequence[str]) -> np.ndarray:

@@ -13,44 +13,20 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor
-from torchvision.transforms.v2 import functional as TF
+
+from lapa.data.images import resize_crop, to_uint8_rgb
 
 log = logging.getLogger(__name__)
 
 
 def resize_center_crop(images: Tensor, size: int) -> Tensor:
-    """uint8 [B,3,H,W] -> uint8 [B,3,size,size]: shorter side to ``size`` (antialiased), centre crop."""
-    if tuple(images.shape[-2:]) == (size, size):
-        return images
-    h, w = images.shape[-2:]
-    scale = size / min(h, w)
-    new_h, new_w = max(size, round(h * scale)), max(size, round(w * scale))
-    images = TF.resize(images, [new_h, new_w], antialias=True)
-    return TF.center_crop(images, [size, size])
+    """uint8 [B,3,H,W] -> uint8 [B,3,size,size]: shorter side to ``size``, centre crop (one resampler)."""
+    return resize_crop(images, size, size)
 
 
 def _to_chw_uint8(image: Any) -> Tensor:
-    if isinstance(image, Tensor):
-        t = image
-    elif isinstance(image, np.ndarray):
-        if image.ndim != 3 or image.shape[-1] not in (1, 3, 4):
-            raise ValueError(f"numpy images must be HWC with 1, 3 or 4 channels, got shape {image.shape}")
-        t = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
-    else:  # PIL
-        try:
-            arr = np.asarray(image.convert("RGB"))
-        except AttributeError as exc:
-            raise TypeError(f"unsupported image type {type(image).__name__}") from exc
-        t = torch.from_numpy(arr.copy()).permute(2, 0, 1)
-    if t.dtype != torch.uint8:
-        raise TypeError(f"images must be uint8, got {t.dtype}")
-    if t.ndim != 3:
-        raise ValueError(f"expected one image [3,H,W], got shape {tuple(t.shape)}")
-    if t.shape[0] == 1:
-        t = t.expand(3, -1, -1)
-    elif t.shape[0] == 4:
-        t = t[:3]
-    return t
+    """One image (numpy/tensor HWC or CHW, PIL; uint8, uint16 or float in [0, 1]) -> uint8 [3,H,W]."""
+    return torch.from_numpy(to_uint8_rgb(image)).permute(2, 0, 1)
 
 
 class VLAProcessor:
