@@ -5,9 +5,11 @@
     snakemake --config overrides="laq.quantizer.vocab_size=16"   # key=value overrides
     snakemake --profile profiles/lrz               # the LRZ H100 nodes through Slurm
 
-Each rule runs one `lapa` subcommand. Its params carry the resolved config values that decide
-its output and a fingerprint of the code it runs, so a changed value or an edited stage reruns
-that stage and what follows it, and nothing upstream.
+Each rule runs one `lapa` subcommand and states its own contract in workflow/rules/*.smk:
+`params: **contract(config=[...], code=[...])` names the config keys and the lapa code (its
+`lapa.commands` function and stage packages) that decide its output. The params carry those
+resolved values and a fingerprint of that code, so a changed value or an edited stage reruns
+that stage and what follows it, and nothing upstream. Rules chain through `rules.X.output`.
 """
 
 import os
@@ -57,4 +59,7 @@ include: "workflow/rules/evaluation.smk"
 rule all:
     default_target: True
     input:
-        final_targets(),
+        eval_targets(),
+        rules.results.output,
+        rules.plot_curves.output,
+        rules.train_laq.output.recon,

@@ -19,6 +19,7 @@ COMMAND_MODULES = [
     "lapa.commands.data",
     "lapa.commands.laq",
     "lapa.commands.foundation",
+    "lapa.commands.stats",
     "lapa.commands.finetune",
     "lapa.commands.policy",
     "lapa.commands.evaluation",

@@ -49,78 +49,35 @@ def register_plot_curves(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "plot-curves",
         help="plot the loss curves of training runs from their CSV logs (PNG per run)",
-        description="Find the CSV metric logs (a 'step' column and columns with 'loss' in their name) under "
-        "each run folder and plot every loss against the step. Reads: CSV logs. Writes: OUT/<name>.png.",
+        description="Read each run's CSV metric logs (a 'step' column and columns with 'loss' in their "
+        "name; a CSV file or a folder searched recursively) and plot every loss against the step. "
+        "Reads: CSV logs. Writes: OUT/<name>.png.",
     )
     p.add_argument(
         "--logs",
         nargs="+",
         required=True,
-        metavar="[NAME=]DIR",
-        help="run folders searched recursively for *.csv; NAME (default: the folder name) names the figure",
+        metavar="[NAME=]PATH",
+        help="a run's CSV log or folder of logs (searched recursively); NAME (default: the file or folder "
+        "name without suffix) names the figure",
     )
     p.add_argument("--out", required=True, help="output folder for the PNG figures")
     p.set_defaults(func=_run_plot_curves)
 
 
-def _loss_tables(folder):
-    """Every CSV under ``folder`` with a step column and at least one loss column."""
-    import pandas as pd
-
-    tables = []
-    for path in sorted(folder.rglob("*.csv")):
-        try:
-            frame = pd.read_csv(path)
-        except Exception as exc:  # a half-written log is reported, not skipped silently
-            raise ValueError(f"cannot read CSV log {path}: {exc}") from exc
-        losses = [c for c in frame.columns if "loss" in str(c).lower()]
-        if "step" in frame.columns and losses:
-            tables.append((path, frame, losses))
-    return tables
-
-
 def _run_plot_curves(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    import matplotlib
+    from lapa.evaluation.curves import plot_loss_curves
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from lapa.utils.io import atomic_directory
-
-    runs = []
+    runs = {}
     for entry in args.logs:
-        name, sep, folder = entry.partition("=")
-        folder = Path(folder if sep else name)
-        name = name if sep else folder.name
-        if not folder.is_dir():
-            raise FileNotFoundError(f"run folder not found: {folder}")
-        tables = _loss_tables(folder)
-        if not tables:
-            raise ValueError(f"no CSV log with 'step' and a loss column under {folder}")
-        runs.append((name, tables))
-    with atomic_directory(args.out) as tmp:
-        for name, tables in runs:
-            fig, ax = plt.subplots(figsize=(6, 3.5))
-            for path, frame, losses in tables:
-                for column in losses:
-                    series = frame[["step", column]].dropna()
-                    if len(series):
-                        label = column if len(tables) == 1 else f"{path.parent.name}/{column}"
-                        ax.plot(
-                            series["step"],
-                            series[column],
-                            marker="." if len(series) < 30 else None,
-                            label=label,
-                        )
-            ax.set_xlabel("step")
-            ax.set_ylabel("loss")
-            ax.set_title(name)
-            ax.grid(alpha=0.3)
-            ax.legend(fontsize=7)
-            fig.tight_layout()
-            fig.savefig(tmp / f"{name}.png", dpi=100)
-            plt.close(fig)
-    print(f"wrote {len(runs)} figures to {args.out}")
+        name, sep, source = entry.partition("=")
+        source = source if sep else name
+        name = name if sep else Path(source).stem
+        if name in runs:
+            raise ValueError(f"--logs names the run {name!r} twice")
+        runs[name] = source
+    written = plot_loss_curves(runs, args.out)
+    print(f"wrote {len(written)} figures to {args.out}")
     return 0

@@ -1,6 +1,41 @@
-# Shared helpers: resources that grow on a retry, work folders, and what `rule all` builds.
+# Shared helpers: a rule's contract (the config and code that decide its output), resources that
+# grow on a retry, and what `rule all` builds.
 
 import hashlib
+
+
+def contract(config, code, leave_out=(), work=None):
+    """The params every rule carries, from the contract written in the rule itself.
+
+    config: dotted config keys (whole sections or single keys) whose resolved values decide the
+        output, or a function of the wildcards returning them (rollouts: one split's keys).
+    leave_out: keys inside those sections that do not change the output (worker counts; the
+        other split's settings), a list or a function of the wildcards; `data.sharding.workers`
+        and `data.loader.num_workers` are always left out.
+    code: what the rule runs: its command, as `lapa.commands.<module>:<function>` (the function
+        `lapa <subcommand>` calls), and the stage packages or modules it uses; the files they
+        consist of and every `lapa` module they import are fingerprinted (codehash.py).
+    work: for training rules, the scratch folder under results/<experiment>/work/ (checkpoints,
+        CSV logs), e.g. "finetune/{arm}"; its last part is a key of the config and code params,
+        so a changed setting starts a fresh run instead of resuming a mismatched one.
+
+    Returns {"cfg": ..., "code": ...} (+ "workdir") for `params: **contract(...)`. A changed value
+    or fingerprint reruns the rule (`reason: Params have changed`) and what follows it.
+    """
+    fingerprint = EXP.code_param(list(code))
+    if callable(config) or callable(leave_out):
+        keys = config if callable(config) else (lambda wc: config)
+        drop = leave_out if callable(leave_out) else (lambda wc: leave_out)
+        cfg = lambda wc: EXP.config_param(list(keys(wc)), list(drop(wc)))
+        if work:
+            raise ValueError(f"contract of {work}: a work folder needs a fixed config key list")
+        return {"cfg": cfg, "code": fingerprint}
+    cfg = EXP.config_param(list(config), list(leave_out))
+    out = {"cfg": cfg, "code": fingerprint}
+    if work:
+        key = hashlib.sha256((cfg + fingerprint).encode()).hexdigest()[:10]
+        out["workdir"] = f"{R}/work/{work}/{key}"  # {arm} is filled in per job
+    return out
 
 
 def grow(base, factor=1.5):
@@ -8,34 +43,20 @@ def grow(base, factor=1.5):
     return lambda wildcards, attempt: int(base * factor ** (attempt - 1))
 
 
-def workdir_for(stage, rule, arm=None):
-    """Scratch folder (checkpoints, CSV logs) for resuming; keyed by params so a change starts fresh."""
-    key = hashlib.sha256((EXP.config_param(rule) + EXP.code_param(rule) + (arm or "")).encode()).hexdigest()[:10]
-    parts = [R, "work", stage] + ([arm] if arm else []) + [key]
-    return "/".join(parts)
+# Shell: after a training command, copy the CSV logs of its work folder into the rule's declared
+# `logs` output (a temporary folder, then a rename), so the curves never read the scratch folder.
+COPY_CSV_LOGS = (
+    'dest="$PWD/{output.logs}.tmp"; rm -rf "$dest"; mkdir -p "$dest"; '
+    "(cd {params.workdir} && find . -name '*.csv' -exec cp --parents '{{}}' \"$dest\" ';'); "
+    'mv "$dest" {output.logs}'
+)
 
 
-def pairs_inputs(wildcards=None):
-    source = CFG.data.source
-    if source == "videos":
-        return EXP.video_inputs()
-    if source == "lerobot":
-        return [EXP.lerobot_root()]
-    return [f"{R}/raw/pretrain"]
+def expand_arms(pattern, arms=None):
+    """One path per arm from a rule output pattern holding {arm}."""
+    return expand(pattern, arm=ARMS if arms is None else arms)
 
 
-def demos_inputs(wildcards=None):
-    if CFG.data.source == "lerobot":
-        return [EXP.lerobot_root()]
-    return [f"{R}/raw/demos"]
-
-
-def eval_targets():
-    out = [f"{R}/eval/{arm}/offline" for arm in ARMS]
-    if CFG.workflow.eval_sim:
-        out += [f"{R}/eval/{arm}/sim" for arm in ARMS]
-    return out
-
-
-def final_targets():
-    return eval_targets() + [f"{R}/summary", f"{R}/curves", f"{R}/laq/laq.recon.png"]
+def pretrained_arms():
+    """The arms with a foundation model (all but scratch)."""
+    return [arm for arm in ARMS if arm != "scratch"]

@@ -3,8 +3,8 @@
 
 rule eval_offline:
     input:
-        policy=f"{R}/policy/{{arm}}",
-        shards=f"{R}/shards/demos",
+        policy=rules.finetune.output.policy,
+        shards=rules.shards_demos.output[0],
     output:
         report(
             directory(f"{R}/eval/{{arm}}/offline"),
@@ -15,8 +15,10 @@ rule eval_offline:
             labels={"arm": "{arm}", "figure": "offline: {name}"},
         ),
     params:
-        cfg=EXP.config_param("eval_offline"),
-        code=EXP.code_param("eval_offline"),
+        **contract(
+            config=["evaluation", "data.loader"],
+            code=["lapa.commands.evaluation:run_eval_offline", "lapa.evaluation.offline"],
+        ),
     log:
         f"{LOGS}/eval_offline_{{arm}}.log",
     benchmark:
@@ -33,7 +35,7 @@ rule eval_offline:
 
 rule eval_sim:
     input:
-        f"{R}/policy/{{arm}}",
+        rules.finetune.output.policy,
     output:
         report(
             directory(f"{R}/eval/{{arm}}/sim"),
@@ -44,8 +46,11 @@ rule eval_sim:
             labels={"arm": "{arm}", "figure": "closed loop: {name}"},
         ),
     params:
-        cfg=EXP.config_param("eval_sim"),
-        code=EXP.code_param("eval_sim"),
+        **contract(
+            config=["evaluation", "sim"],
+            leave_out=["sim.workers", *SIM_SPLIT_KEYS["pretrain"], *SIM_SPLIT_KEYS["demos"]],
+            code=["lapa.commands.sim:_run_eval_sim", "lapa.evaluation.closed_loop", "lapa.sim"],
+        ),
     log:
         f"{LOGS}/eval_sim_{{arm}}.log",
     benchmark:
@@ -59,15 +64,24 @@ rule eval_sim:
         "{resources.launcher} lapa eval-sim --policy {input} --out {output} {LAPA_ARGS} > {log} 2>&1"
 
 
+def eval_targets():
+    out = expand_arms(rules.eval_offline.output[0])
+    if CFG.workflow.eval_sim:
+        out += expand_arms(rules.eval_sim.output[0])
+    return out
+
+
 def laq_diagnostics():
     """The LAQ's metrics and label report, when an arm pretrains on latent actions."""
-    return {"laq": f"{R}/laq/laq.ckpt", "labels": f"{R}/latent"} if "lapa" in ARMS else {}
+    if "lapa" not in ARMS:
+        return {}
+    return {"laq_metrics": rules.train_laq.output.metrics, "labels": rules.label_latent.output[0]}
 
 
 def laq_diagnostics_args(wildcards, input):
-    if "laq" not in input.keys():
+    if "laq_metrics" not in input.keys():
         return ""
-    return f"--laq-metrics {R}/laq/laq.metrics.json --label-report {input.labels}/label_report.json"
+    return f"--laq-metrics {input.laq_metrics} --label-report {input.labels}/label_report.json"
 
 
 rule results:
@@ -83,8 +97,7 @@ rule results:
             labels={"table": "{name}"},
         ),
     params:
-        cfg=EXP.config_param("results"),
-        code=EXP.code_param("results"),
+        **contract(config=["name"], code=["lapa.commands.results:_run", "lapa.evaluation.results"]),
         laq_args=laq_diagnostics_args,
     log:
         f"{LOGS}/results.log",
@@ -99,18 +112,16 @@ rule results:
 
 
 def curve_logs():
-    """The training folders holding each run's CSV logs (scratch folders, read after training)."""
-    out = ["laq=" + workdir_for("laq", "train_laq")]
-    out += [f"foundation_{arm}=" + workdir_for("foundation", "train_foundation", arm) for arm in ARMS if arm != "scratch"]
-    out += [f"finetune_{arm}=" + workdir_for("finetune", "finetune", arm) for arm in ARMS]
+    """Each training run's CSV logs, declared outputs of the training rules, by figure name."""
+    out = {"laq": rules.train_laq.output.logs}
+    out |= {f"foundation_{arm}": expand(rules.train_foundation.output.logs, arm=arm)[0] for arm in pretrained_arms()}
+    out |= {f"finetune_{arm}": expand(rules.finetune.output.logs, arm=arm)[0] for arm in ARMS}
     return out
 
 
 rule plot_curves:
     input:
-        f"{R}/laq/laq.ckpt",
-        [f"{R}/foundation/{arm}" for arm in ARMS if arm != "scratch"],
-        [f"{R}/policy/{arm}" for arm in ARMS],
+        **curve_logs(),
     output:
         report(
             directory(f"{R}/curves"),
@@ -120,9 +131,8 @@ rule plot_curves:
             labels={"figure": "{name}"},
         ),
     params:
-        cfg=EXP.config_param("plot_curves"),
-        code=EXP.code_param("plot_curves"),
-        logs=curve_logs(),
+        **contract(config=[], code=["lapa.commands.workflow:_run_plot_curves", "lapa.evaluation.curves"]),
+        logs=lambda wc, input: " ".join(f"{name}={path}" for name, path in input.items()),
     log:
         f"{LOGS}/plot_curves.log",
     benchmark:

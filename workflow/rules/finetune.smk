@@ -1,31 +1,15 @@
-# Stage 3: action statistics and finetuning to binned robot actions (the deployable policy).
-
-
-rule action_stats:
-    input:
-        f"{R}/shards/demos",
-    output:
-        f"{R}/action_stats.json",
-    params:
-        cfg=EXP.config_param("action_stats"),
-        code=EXP.code_param("action_stats"),
-    log:
-        f"{LOGS}/action_stats.log",
-    benchmark:
-        f"{LOGS}/bench/action_stats.tsv"
-    threads: 1
-    resources:
-        mem_mb=grow(4000),
-        runtime=grow(30),
-        launcher="",
-    shell:
-        "{resources.launcher} lapa action-stats --shards {input} --out {output} {LAPA_ARGS} > {log} 2>&1"
+# Stage 3: finetuning to binned robot actions (the deployable policy). The action statistics it
+# reads come from data.smk.
 
 
 def finetune_inputs(wildcards):
-    out = {"backbones": f"{R}/backbones", "stats": f"{R}/action_stats.json", "shards": f"{R}/shards/demos"}
+    out = {
+        "backbones": rules.make_backbones.output[0],
+        "stats": rules.action_stats.output[0],
+        "shards": rules.shards_demos.output[0],
+    }
     if wildcards.arm != "scratch":
-        out["foundation"] = f"{R}/foundation/{wildcards.arm}"
+        out["foundation"] = expand(rules.train_foundation.output.model, arm=wildcards.arm)[0]
     return out
 
 
@@ -40,12 +24,15 @@ rule finetune:
     input:
         unpack(finetune_inputs),
     output:
-        directory(f"{R}/policy/{{arm}}"),
+        policy=directory(f"{R}/policy/{{arm}}"),
+        logs=directory(f"{R}/policy/{{arm}}.logs"),
     params:
-        cfg=EXP.config_param("finetune"),
-        code=EXP.code_param("finetune"),
+        **contract(
+            config=["seed", "finetune", "data.loader"],
+            code=["lapa.commands.finetune:run_finetune", "lapa.finetune"],
+            work="finetune/{arm}",
+        ),
         init=finetune_init,
-        workdir=lambda wc: workdir_for("finetune", "finetune", wc.arm),
     log:
         f"{LOGS}/finetune_{{arm}}.log",
     benchmark:
@@ -57,5 +44,5 @@ rule finetune:
         launcher="",
     shell:
         "{resources.launcher} lapa finetune --backbones {input.backbones} --action-stats {input.stats}"
-        " --shards {input.shards} --out {output} --workdir {params.workdir} {LAPA_ARGS} {params.init}"
-        " > {log} 2>&1"
+        " --shards {input.shards} --out {output.policy} --workdir {params.workdir} {LAPA_ARGS} {params.init}"
+        " > {log} 2>&1; " + COPY_CSV_LOGS

@@ -1,17 +1,19 @@
 # Stage 2: local backbones and tokenizer, then the vision-language-action foundation model.
 
-FOUNDATION_LABELS = {"lapa": f"{R}/latent", "action_pretrained": f"{R}/action_labels"}
+FOUNDATION_LABELS = {"lapa": rules.label_latent.output[0], "action_pretrained": rules.label_actions.output[0]}
 
 
 rule make_backbones:
     input:
-        pairs=f"{R}/shards/pairs",
-        demos=f"{R}/shards/demos",
+        pairs=rules.shards_pairs.output[0],
+        demos=rules.shards_demos.output[0],
     output:
         directory(f"{R}/backbones"),
     params:
-        cfg=EXP.config_param("make_backbones"),
-        code=EXP.code_param("make_backbones"),
+        **contract(
+            config=["seed", "foundation.vision", "foundation.llm", "foundation.max_text_tokens"],
+            code=["lapa.commands.foundation:_run_make_backbones", "lapa.vla.backbones"],
+        ),
     log:
         f"{LOGS}/make_backbones.log",
     benchmark:
@@ -30,16 +32,19 @@ rule train_foundation:
     """One process per device. Under Slurm, the `mpi` resource (a profile sets it to `srun ...`)
     launches them as tasks of one job, possibly over several nodes; Fabric reads ranks from Slurm."""
     input:
-        backbones=f"{R}/backbones",
+        backbones=rules.make_backbones.output[0],
         labels=lambda wc: FOUNDATION_LABELS[wc.arm],
     output:
-        directory(f"{R}/foundation/{{arm}}"),
+        model=directory(f"{R}/foundation/{{arm}}"),
+        logs=directory(f"{R}/foundation/{{arm}}.logs"),
     wildcard_constraints:
         arm="lapa|action_pretrained",
     params:
-        cfg=EXP.config_param("train_foundation"),
-        code=EXP.code_param("train_foundation"),
-        workdir=lambda wc: workdir_for("foundation", "train_foundation", wc.arm),
+        **contract(
+            config=["seed", "foundation", "data.loader"],
+            code=["lapa.commands.foundation:_run_train_foundation", "lapa.foundation"],
+            work="foundation/{arm}",
+        ),
     log:
         f"{LOGS}/train_foundation_{{arm}}.log",
     benchmark:
@@ -56,5 +61,5 @@ rule train_foundation:
         "launch='{resources.launcher}'; "
         "if [ -n '{resources.mpi}' ]; then "
         "launch='{resources.mpi} --nodes={resources.nodes} --ntasks-per-node={resources.tasks_per_node}'; fi; "
-        "$launch lapa train-foundation --backbones {input.backbones} --shards {input.labels} --out {output}"
-        " --workdir {params.workdir} {LAPA_ARGS} > {log} 2>&1"
+        "$launch lapa train-foundation --backbones {input.backbones} --shards {input.labels} --out {output.model}"
+        " --workdir {params.workdir} {LAPA_ARGS} > {log} 2>&1; " + COPY_CSV_LOGS

@@ -1,9 +1,10 @@
-# Stage 1: the latent action quantizer, and labelling frame pairs with its codes.
+# Stage 1: the latent action quantizer, and labelling frame pairs with its codes (or with binned
+# true actions, for the action-pretrained comparison arm).
 
 
 rule train_laq:
     input:
-        f"{R}/shards/pairs",
+        rules.shards_pairs.output,
     output:
         ckpt=f"{R}/laq/laq.ckpt",
         metrics=f"{R}/laq/laq.metrics.json",
@@ -13,10 +14,14 @@ rule train_laq:
             category="1. Latent actions",
             labels={"figure": "LAQ reconstructions"},
         ),
+        logs=directory(f"{R}/laq/laq.logs"),
     params:
-        cfg=EXP.config_param("train_laq"),
-        code=EXP.code_param("train_laq"),
-        workdir=workdir_for("laq", "train_laq"),
+        **contract(
+            config=["seed", "laq", "data.loader"],
+            leave_out=["laq.label_batch_size", "laq.label_workers", "laq.training.num_workers"],
+            code=["lapa.commands.laq:run_train", "lapa.laq"],
+            work="laq",
+        ),
     log:
         f"{LOGS}/train_laq.log",
     benchmark:
@@ -28,18 +33,22 @@ rule train_laq:
         launcher="",
     shell:
         "{resources.launcher} lapa train-laq --shards {input} --out {output.ckpt} --workdir {params.workdir}"
-        " {LAPA_ARGS} > {log} 2>&1"
+        " {LAPA_ARGS} > {log} 2>&1; " + COPY_CSV_LOGS
+
+
+# What labelling reads besides its inputs: how many bins the action probe uses, bad-sample
+# handling and the shard layout it writes.
+LABEL_CONFIG = ["laq.training.action_bins", "data.loader.on_error", "data.sharding"]
 
 
 rule label_latent:
     input:
-        ckpt=f"{R}/laq/laq.ckpt",
-        shards=f"{R}/shards/pairs",
+        ckpt=rules.train_laq.output.ckpt,
+        shards=rules.shards_pairs.output[0],
     output:
         directory(f"{R}/latent"),
     params:
-        cfg=EXP.config_param("label_latent"),
-        code=EXP.code_param("label_latent"),
+        **contract(config=LABEL_CONFIG, code=["lapa.commands.laq:run_label", "lapa.laq"]),
     log:
         f"{LOGS}/label_latent.log",
     benchmark:
@@ -57,13 +66,12 @@ rule label_latent:
 rule label_actions:
     """The action-pretrained comparison arm: true actions, binned, in place of latent codes."""
     input:
-        stats=f"{R}/action_stats.json",
-        shards=f"{R}/shards/pairs",
+        stats=rules.action_stats.output[0],
+        shards=rules.shards_pairs.output[0],
     output:
         directory(f"{R}/action_labels"),
     params:
-        cfg=EXP.config_param("label_actions"),
-        code=EXP.code_param("label_actions"),
+        **contract(config=LABEL_CONFIG, code=["lapa.commands.laq:run_label", "lapa.laq"]),
     log:
         f"{LOGS}/label_actions.log",
     benchmark:

@@ -1,13 +1,21 @@
-"""Fingerprints of the source code a stage runs, for Snakemake params.
+"""Fingerprints of the source code a rule runs, for Snakemake params.
 
-A rule's fingerprint hashes every ``.py`` file of its stage packages plus the modules of the
-``lapa`` package they import, followed transitively (imports inside functions included, since
-stages import heavy modules lazily). Editing the finetuning code then changes the fingerprint
-of finetuning and of nothing upstream.
+A rule names its code in its ``.smk`` file as a list of entries:
 
-Configuration schemas (``lapa.config`` and every ``lapa.<stage>.config``) are not followed:
-each rule's params already carry the resolved values those schemas produce, and every stage
-loads the whole schema, so following them would make any config edit rerun the whole DAG.
+- ``lapa.laq`` (a package): every ``.py`` file in it;
+- ``lapa.data.action_codec`` (a module): that file;
+- ``lapa.commands.sim:run_rollouts`` (a module and one function in it): the whole file is
+  hashed, but only the imports of its module level, of that function and of the module's own
+  functions and classes it refers to (transitively) are followed. A command module registering
+  several subcommands then does not tie one rule to another subcommand's stage.
+
+From those files the ``lapa`` modules they import are followed transitively (imports inside
+functions included, since stages import heavy modules lazily). Editing the finetuning code then
+changes the fingerprint of finetuning and of nothing upstream.
+
+Configuration schemas (``lapa.config``) are not followed: each rule's params already carry the
+resolved values those schemas produce, and every stage loads the whole schema, so following
+them would make any config edit rerun the whole DAG.
 """
 
 from __future__ import annotations
@@ -43,27 +51,55 @@ def _module_name(root: Path, path: Path) -> str:
 
 
 @cache
-def _imports(root: Path, path: Path, mtime_ns: int) -> frozenset[str]:
-    """The ``lapa`` modules a file imports (every candidate; missing ones are dropped later)."""
+def _parse(path: Path, mtime_ns: int) -> ast.Module:
     try:
-        tree = ast.parse(path.read_bytes(), filename=str(path))
+        return ast.parse(path.read_bytes(), filename=str(path))
     except SyntaxError as exc:
         raise ValueError(f"cannot parse {path} to fingerprint it: {exc}") from exc
+
+
+_DEFS = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)
+
+
+def _scoped_nodes(tree: ast.Module, path: Path, function: str) -> list[ast.AST]:
+    """Module-level statements, ``function`` and the module's definitions it refers to."""
+    defs = {node.name: node for node in tree.body if isinstance(node, _DEFS)}
+    if function not in defs:
+        raise ValueError(f"cannot fingerprint {path}:{function}: {path} defines no top-level {function!r}")
+    nodes: list[ast.AST] = [node for node in tree.body if not isinstance(node, _DEFS)]
+    pending, chosen = [function], set()
+    while pending:
+        name = pending.pop()
+        if name in chosen:
+            continue
+        chosen.add(name)
+        nodes.append(defs[name])
+        for node in ast.walk(defs[name]):
+            if isinstance(node, ast.Name) and node.id in defs and node.id not in chosen:
+                pending.append(node.id)
+    return nodes
+
+
+def _imports(root: Path, path: Path, function: str | None = None) -> frozenset[str]:
+    """The ``lapa`` modules a file (or one function of it) imports; missing ones are dropped later."""
+    tree = _parse(path, path.stat().st_mtime_ns)
+    nodes = [tree] if function is None else _scoped_nodes(tree, path, function)
     this = _module_name(root, path)
     package = this if path.name == "__init__.py" else this.rpartition(".")[0]
     found: set[str] = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            found.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom):
-            if node.level:
-                anchor = package.split(".")
-                anchor = anchor[: len(anchor) - (node.level - 1)]
-                base = ".".join(anchor + ([node.module] if node.module else []))
-            else:
-                base = node.module or ""
-            found.add(base)
-            found.update(f"{base}.{alias.name}" for alias in node.names)
+    for top in nodes:
+        for node in ast.walk(top):
+            if isinstance(node, ast.Import):
+                found.update(alias.name for alias in node.names)
+            elif isinstance(node, ast.ImportFrom):
+                if node.level:
+                    anchor = package.split(".")
+                    anchor = anchor[: len(anchor) - (node.level - 1)]
+                    base = ".".join(anchor + ([node.module] if node.module else []))
+                else:
+                    base = node.module or ""
+                found.add(base)
+                found.update(f"{base}.{alias.name}" for alias in node.names)
     modules: set[str] = set()
     for name in found:
         parts = name.split(".")
@@ -75,32 +111,44 @@ def _imports(root: Path, path: Path, mtime_ns: int) -> frozenset[str]:
 
 
 def closure(root: str | Path, entries: list[str]) -> list[Path]:
-    """Every file the entry packages/modules consist of or import, sorted."""
+    """Every file the entries (packages, modules, ``module:function``) consist of or import, sorted."""
     root = Path(root).resolve()
-    pending: list[Path] = []
+    if not entries:
+        raise ValueError("cannot fingerprint an empty list of code entries")
+    pending: list[tuple[Path, str | None]] = []
     for entry in entries:
-        base = root.joinpath(*entry.split("."))
-        if base.is_dir():
-            pending.extend(sorted(base.rglob("*.py")))
+        module, _, function = entry.partition(":")
+        base = root.joinpath(*module.split("."))
+        if function:
+            target = _module_file(root, module)
+            if target is None:
+                raise ValueError(f"cannot fingerprint {entry!r}: no module {module} under {root}")
+            pending.append((target, function))
+        elif base.is_dir():
+            pending.extend((path, None) for path in sorted(base.rglob("*.py")))
         elif base.with_suffix(".py").is_file():
-            pending.append(base.with_suffix(".py"))
+            pending.append((base.with_suffix(".py"), None))
         else:
             raise ValueError(f"cannot fingerprint {entry!r}: neither {base}/ nor {base}.py exists")
-    own = set(pending)
-    seen: set[Path] = set()
+    own = {path for path, _ in pending}
+    whole: set[Path] = set()
+    scoped: set[tuple[Path, str]] = set()
     while pending:
-        path = pending.pop()
-        if path in seen:
+        path, function = pending.pop()
+        if path in whole or (function is not None and (path, function) in scoped):
             continue
-        seen.add(path)
-        for module in _imports(root, path, path.stat().st_mtime_ns):
+        if function is None:
+            whole.add(path)
+        else:
+            scoped.add((path, function))
+        for module in _imports(root, path, function):
             target = _module_file(root, module)
-            if target is None or target in seen:
+            if target is None or target in whole:
                 continue
             if _is_schema(module) and target not in own:
                 continue
-            pending.append(target)
-    return sorted(seen)
+            pending.append((target, None))
+    return sorted(whole | {path for path, _ in scoped})
 
 
 def fingerprint(root: str | Path, entries: list[str]) -> str:

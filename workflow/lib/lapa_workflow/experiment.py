@@ -18,41 +18,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from lapa_workflow import codehash
 
-# Config keys (dotted) whose resolved values decide each rule's output, with keys to leave out
-# (worker counts and similar), and the lapa packages whose code the rule runs.
-_SIM_COMMON = ["sim.tasks", "sim.camera", "sim.image_size", "sim.max_steps"]
-_LOADER = "data.loader"
-_NOT_OUTPUT = ["data.sharding.workers", "data.loader.num_workers"]
-
-RULE_STAGES: dict[str, tuple[list[str], list[str]]] = {
-    "rollouts_pretrain": (
-        ["seed", *_SIM_COMMON, "sim.pretrain_episodes_per_task", "sim.pretrain_seed"],
-        ["lapa.sim"],
-    ),
-    "rollouts_demos": (["seed", *_SIM_COMMON, "sim.demo_episodes_per_task", "sim.demo_seed"], ["lapa.sim"]),
-    "shards_pairs": (["data.source", "data.videos", "data.lerobot_root", "data.sharding"], ["lapa.data"]),
-    "shards_demos": (["data.source", "data.lerobot_root", "data.sharding"], ["lapa.data"]),
-    "train_laq": (["seed", "laq", _LOADER], ["lapa.laq"]),
-    "label_latent": ([], ["lapa.laq"]),
-    "label_actions": (["finetune.stats"], ["lapa.laq"]),
-    "make_backbones": (
-        ["seed", "foundation.vision", "foundation.llm", "foundation.max_text_tokens"],
-        ["lapa.foundation"],
-    ),
-    "train_foundation": (["seed", "foundation", _LOADER], ["lapa.foundation"]),
-    # the statistics modules only: editing finetuning code must not rebin the actions (and so
-    # retrain the action-pretrained foundation model)
-    "action_stats": (["finetune.stats"], ["lapa.data.action_codec", "lapa.data.shard_reader"]),
-    "finetune": (["seed", "finetune", _LOADER], ["lapa.finetune"]),
-    "eval_offline": (["evaluation"], ["lapa.evaluation"]),
-    "eval_sim": (
-        ["evaluation", *_SIM_COMMON, "sim.eval_episodes_per_task", "sim.eval_seed", "sim.save_videos"],
-        ["lapa.evaluation", "lapa.sim"],
-    ),
-    "results": (["evaluation"], ["lapa.evaluation"]),
-    "plot_curves": ([], ["lapa.commands.workflow"]),
-}
-_DROP = {"train_laq": ["laq.label_batch_size", "laq.label_workers", "laq.training.num_workers"]}
+# Settings that never decide an artifact (how many processes read or write it), left out of
+# every rule's config param; a rule names further ones of its own in its `.smk` file.
+NOT_OUTPUT = ["data.sharding.workers", "data.loader.num_workers"]
 
 ARMS = ("lapa", "scratch", "action_pretrained")
 SOURCES = ("metaworld", "videos", "lerobot")
@@ -87,7 +55,7 @@ class Experiment:
     overrides: list[str]
     cfg: DictConfig
     source_root: Path
-    _fingerprints: dict[str, str] = field(default_factory=dict, repr=False)
+    _fingerprints: dict[tuple[str, ...], str] = field(default_factory=dict, repr=False)
 
     @classmethod
     def from_snakemake_config(cls, config: dict, basedir: str | Path) -> Experiment:
@@ -137,34 +105,42 @@ class Experiment:
         env = OmegaConf.to_container(self.cfg.cluster.env, resolve=True) or {}
         return "".join(f"export {k}={shlex.quote(str(v))}; " for k, v in sorted(env.items()))
 
-    # -- params --------------------------------------------------------------------------------
-    def config_param(self, rule: str) -> str:
-        """The resolved config values that decide ``rule``'s output, as canonical JSON."""
-        keys, _ = RULE_STAGES[rule]
+    # -- params ---------------------------------------------------------------------------------
+    def config_param(self, keys: list[str], leave_out: list[str] | tuple[str, ...] = ()) -> str:
+        """The resolved values of config ``keys`` (dotted: sections or single keys), canonical JSON.
+
+        ``leave_out`` (and ``NOT_OUTPUT``) are removed from the sections first: settings that do
+        not change the artifact. A key the schema lacks raises ``ValueError`` naming it.
+        """
         tree = OmegaConf.to_container(self.cfg, resolve=True)
-        for dotted in [*_NOT_OUTPUT, *_DROP.get(rule, [])]:
+        for dotted in [*NOT_OUTPUT, *leave_out]:
             *head, leaf = dotted.split(".")
             node = tree
             for part in head:
                 node = node.get(part, {}) if isinstance(node, dict) else {}
-            if isinstance(node, dict):
-                node.pop(leaf, None)
+            if not isinstance(node, dict) or leaf not in node:
+                if dotted in leave_out:
+                    raise ValueError(
+                        f"config key {dotted!r} to leave out does not exist in the experiment schema"
+                    )
+                continue
+            node.pop(leaf)
         values = {}
         for key in keys:
             node = tree
             for part in key.split("."):
                 if not isinstance(node, dict) or part not in node:
-                    raise KeyError(f"rule {rule}: config key {key!r} does not exist in the experiment schema")
+                    raise ValueError(f"config key {key!r} does not exist in the experiment schema")
                 node = node[part]
             values[key] = node
         return json.dumps(values, sort_keys=True, separators=(",", ":"), default=str)
 
-    def code_param(self, rule: str) -> str:
-        """Fingerprint of the source files ``rule`` runs."""
-        if rule not in self._fingerprints:
-            _, packages = RULE_STAGES[rule]
-            self._fingerprints[rule] = codehash.fingerprint(self.source_root, packages)
-        return self._fingerprints[rule]
+    def code_param(self, entries: list[str]) -> str:
+        """Fingerprint of the source files ``entries`` name and import (see ``codehash``)."""
+        key = tuple(entries)
+        if key not in self._fingerprints:
+            self._fingerprints[key] = codehash.fingerprint(self.source_root, list(entries))
+        return self._fingerprints[key]
 
     # -- inputs of the shard rules ---------------------------------------------------------------
     def video_inputs(self) -> list[str]:
