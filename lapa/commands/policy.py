@@ -15,13 +15,21 @@ def register(sub: argparse._SubParsersAction) -> None:
         "serve",
         help="serve a policy over HTTP (POST /act, GET /health)",
         description="Load a policy directory and answer POST /act (an image as multipart JPEG/PNG or base64 "
-        "JSON, and an instruction) with the continuous action as JSON. Limits: serve.*. "
-        "Reads: policy directory. Writes: nothing.",
+        "JSON, and an instruction) with the continuous action as JSON. Settings: serve.* (limits, backend). "
+        "Reads: policy directory. Writes: nothing (with --backend onnx and no DIR/model.onnx, the ONNX "
+        "export cache beside the policy directory on first use).",
     )
     p.add_argument("--policy", required=True, help="policy directory (lapa finetune)")
     p.add_argument("--host", default=None, help="bind address (default serve.host, 127.0.0.1)")
     p.add_argument("--port", type=int, default=None, help="port (default serve.port, 8000)")
     p.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
+    p.add_argument(
+        "--backend",
+        choices=["torch", "onnx"],
+        default=None,
+        help="run the network with PyTorch or ONNX Runtime (default serve.backend, torch); onnx exports "
+        "the policy on first use into a cache beside its directory unless DIR/model.onnx exists",
+    )
     add_config_arguments(p)
     p.set_defaults(func=run_serve)
 
@@ -58,8 +66,13 @@ def run_serve(args: argparse.Namespace) -> int:
 
     cfg = load_config_from_args(args)
     limits = OmegaConf.to_object(cfg.serve)
-    limits = replace(limits, host=args.host or limits.host, port=args.port or limits.port)
-    policy = LAPAPolicy.from_pretrained(args.policy, device=_device(args.device))
+    limits = replace(
+        limits,
+        host=args.host or limits.host,
+        port=args.port or limits.port,
+        backend=args.backend or limits.backend,
+    )
+    policy = LAPAPolicy.from_pretrained(args.policy, device=_device(args.device), backend=limits.backend)
     serve(policy, limits, name=str(args.policy))
     return 0
 

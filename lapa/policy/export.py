@@ -46,8 +46,19 @@ def example_inputs(policy, batch: int = 2, instructions: list[str] | None = None
     return policy.processor(images, texts)
 
 
-def export_onnx(policy, out_path: str | os.PathLike, opset: int = 17) -> Path:
-    """Write the ONNX graph of ``policy.model`` atomically; returns the path."""
+def export_onnx(policy, out_path: str | os.PathLike, opset: int = 17, fingerprint: str | None = None) -> Path:
+    """Write the ONNX graph of ``policy.model`` atomically; returns the path.
+
+    The graph's metadata records ``fingerprint`` (default: ``policy_fingerprint(policy.path)``
+    when the policy was loaded from a directory), so a loader can tell the graph belongs to
+    those weights. Needs the PyTorch backend (``policy.model``).
+    """
+    from lapa.policy.policy import FINGERPRINT_KEY, policy_fingerprint
+
+    if policy.model is None:
+        raise ValueError("export_onnx needs a policy loaded with backend='torch'")
+    if fingerprint is None and policy.path is not None:
+        fingerprint = policy_fingerprint(policy.path)
     out_path = Path(out_path)
     wrapper = _LogitsOnly(policy.model).eval().to("cpu")
     inputs = example_inputs(policy)
@@ -76,7 +87,11 @@ def export_onnx(policy, out_path: str | os.PathLike, opset: int = 17) -> Path:
             )
         import onnx
 
-        onnx.checker.check_model(str(tmp))
+        graph = onnx.load(str(tmp))
+        if fingerprint is not None:
+            onnx.helper.set_model_props(graph, {FINGERPRINT_KEY: fingerprint})
+        onnx.checker.check_model(graph)
+        onnx.save(graph, str(tmp))
     log.info("exported %s", out_path)
     return out_path
 

@@ -334,6 +334,8 @@ class LAPAPolicy:
         out = []
         for image in images:
             arr = np.ascontiguousarray(resize_crop(to_uint8_rgb(image), resize, crop))
+            if not arr.flags.writeable:  # a decoded PIL image's buffer: torch wants a writable one
+                arr = arr.copy()
             t = torch.from_numpy(arr).permute(2, 0, 1)[None]
             out.append(resize_square(t, p["loader_image_size"])[0])
         return torch.stack(out)
@@ -359,6 +361,10 @@ class LAPAPolicy:
         if len(images) == 0:
             return np.zeros((0, self.action_dim), dtype=np.int64)
         return self.bins_from_tensors(self.prepare_images(images), instructions)
+
+    def predict_prepared(self, images_uint8: torch.Tensor, instructions: Sequence[str]) -> np.ndarray:
+        """Continuous actions float32 [B, A] for images through ``prepare_images`` (uint8 [B,3,S,S])."""
+        return self.stats.dequantize(self.bins_from_tensors(images_uint8, instructions))
 
     def predict_batch(self, images: Sequence[Any], instructions: Sequence[str]) -> np.ndarray:
         """Continuous actions float32 [B, A] (bin centres, binary dimensions exact)."""

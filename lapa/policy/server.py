@@ -152,7 +152,13 @@ def create_app(policy: Policy, limits: ServeConfig | None = None, name: str = "l
 
     @app.get("/health")
     async def health() -> dict:
-        return {"status": "ok", "name": name, "action_dim": int(policy.action_dim), **stats}
+        return {
+            "status": "ok",
+            "name": name,
+            "action_dim": int(policy.action_dim),
+            "backend": getattr(policy, "backend", "torch"),
+            **stats,
+        }
 
     @app.post("/act")
     async def act(request: Request):
