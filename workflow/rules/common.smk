@@ -1,7 +1,9 @@
 # Shared helpers: a rule's contract (the config and code that decide its output), resources that
-# grow on a retry, and what `rule all` builds.
+# grow on a retry, paths per arm.
 
 import hashlib
+
+from lapa_workflow.shell import COPY_CSV_LOGS  # training rules append it to their shell
 
 
 def contract(config, code, leave_out=(), work=None):
@@ -41,15 +43,6 @@ def contract(config, code, leave_out=(), work=None):
 def grow(base, factor=1.5):
     """A resource that is `base` on the first attempt and grows by `factor` on every retry."""
     return lambda wildcards, attempt: int(base * factor ** (attempt - 1))
-
-
-# Shell: after a training command, copy the CSV logs of its work folder into the rule's declared
-# `logs` output (a temporary folder, then a rename), so the curves never read the scratch folder.
-COPY_CSV_LOGS = (
-    'dest="$PWD/{output.logs}.tmp"; rm -rf "$dest"; mkdir -p "$dest"; '
-    "(cd {params.workdir} && find . -name '*.csv' -exec cp --parents '{{}}' \"$dest\" ';'); "
-    'mv "$dest" {output.logs}'
-)
 
 
 def expand_arms(pattern, arms=None):
