@@ -66,6 +66,45 @@ def test_constant_and_binary_dims_roundtrip_exactly():
     assert np.all(np.isfinite(norm)) and np.all(norm[:, 1] == 0) and set(norm[:, 2].tolist()) == {-1.0, 1.0}
 
 
+def test_rare_closing_ramp_keeps_plus_one_representable(caplog):
+    """2000 frames whose gripper is -1 except a 14-frame closing ramp (0, 0.5, then 1.0): the
+    quantiles both sit at -1, yet +1 must still decode near +1 (the policy has to be able to close)."""
+    rng = np.random.default_rng(2)
+    n = 2000
+    grip = np.full(n, -1.0)
+    grip[1000:1014] = [0.0, 0.5] + [1.0] * 12
+    actions = np.column_stack([rng.uniform(-1, 1, (n, 3)), grip])
+    with caplog.at_level("WARNING", logger="lapa.data.action_codec"):
+        stats = ActionStats.from_actions(actions, 0.01, 0.99, 256)
+    assert stats.kinds[3] == "continuous" and stats.low[3] == -1.0 and stats.high[3] == 1.0
+    for value in (1.0, 0.5, 0.0, -1.0):
+        back = stats.dequantize(stats.quantize(np.array([[0.0, 0.0, 0.0, value]])))[0, 3]
+        assert abs(back - value) <= stats.bin_width[3], (value, back)
+    assert stats.summary[3]["clipped_fraction"] == 0.0
+    assert not [r for r in caplog.records if "dimension 3" in r.getMessage()]
+
+
+def test_repeated_values_beyond_the_quantiles_are_kept_and_a_clipped_tail_is_named(caplog, tmp_path):
+    rng = np.random.default_rng(3)
+    n = 5000
+    saturated = np.clip(rng.normal(-0.3, 0.4, n), -1, 1)
+    saturated[:30] = 1.0  # 0.6% of the frames at full speed, above the 99% quantile
+    tail = rng.uniform(-0.5, 0.5, n)
+    tail[:40] = rng.uniform(3, 4, 40)  # a continuous tail of 0.8% far beyond the quantile
+    with caplog.at_level("WARNING", logger="lapa.data.action_codec"):
+        stats = ActionStats.from_actions(np.column_stack([saturated, tail]), 0.0, 0.99, 256)
+    assert stats.high[0] == 1.0 and stats.summary[0]["clipped_fraction"] == 0.0
+    assert abs(stats.dequantize(stats.quantize(np.array([[1.0, 0.0]])))[0, 0] - 1.0) <= stats.bin_width[0]
+    assert stats.high[1] < 1.0 and stats.summary[1]["clipped_fraction"] == pytest.approx(0.008)
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("action dimension 1: 0.80%" in m for m in messages), messages
+    assert not any("action dimension 0" in m for m in messages)
+    stats.save(tmp_path / "stats.json")
+    dims = json.loads((tmp_path / "stats.json").read_text())["dimensions"]
+    assert dims[1]["clipped_fraction"] == pytest.approx(0.008)
+    assert ActionStats.load(tmp_path / "stats.json").summary[1]["clipped_fraction"] == pytest.approx(0.008)
+
+
 def test_json_is_readable_and_roundtrips(tmp_path):
     actions = _demo_actions(300, 7, seed=3)
     stats = ActionStats.from_actions(actions, 0.02, 0.98, 128)

@@ -1,19 +1,29 @@
 """Per-dimension action statistics and the 256-bin discretisation of continuous actions.
 
 The low and high quantiles (not min/max) bound each dimension so that a few outliers do not
-stretch the bins; values outside are clipped. Two kinds of dimension need care:
+stretch the bins; values outside are clipped. Three kinds of dimension need care:
 
-- constant (zero range, e.g. a gripper the expert never moves): every value maps to bin 0 and
+- constant (one value, e.g. a gripper the expert never moves): every value maps to bin 0 and
   back to the constant, with no division by zero;
 - binary (exactly two values, e.g. an open/close gripper): the two values map to the first and
   last bin and back exactly, even when one of them is rarer than the quantile (so a gripper
-  that closes in under 1% of the frames is not lost).
+  that closes in under 1% of the frames is not lost);
+- rare commands: a value repeated in at least 0.1% of the frames (an "atom": a saturated
+  command, a gripper state reached through a short ramp) widens the bounds to include it, and a
+  dimension whose quantiles coincide while it takes several values is bounded by its min and max,
+  so a gripper that is -1 except for a short closing ramp to +1 still decodes +1 near +1.
+
+What the bounds still clip (a continuous tail beyond the quantiles) is counted: each dimension's
+``clipped_fraction`` (values more than one bin beyond a bound) is in the JSON, and a warning names
+every dimension that clips any.
 
 The statistics are a human-readable JSON artifact; everything else derives from it.
 """
 
 from __future__ import annotations
 
+import logging
+import math
 import os
 from dataclasses import dataclass, field
 
@@ -21,9 +31,12 @@ import numpy as np
 
 from lapa.utils.io import atomic_write_json, read_json_object
 
+log = logging.getLogger(__name__)
+
 FORMAT = "lapa.action_stats"
 VERSION = 1
 KINDS = ("continuous", "binary", "constant")
+ATOM_FRACTION = 0.001  # a value repeated in this fraction of the frames (and at least twice) is kept
 
 
 @dataclass
@@ -62,7 +75,12 @@ class ActionStats:
     def from_actions(
         cls, actions: np.ndarray, low_q: float = 0.01, high_q: float = 0.99, num_bins: int = 256
     ) -> ActionStats:
-        """Statistics of ``actions`` [N, A] (the training demonstrations)."""
+        """Statistics of ``actions`` [N, A] (the training demonstrations).
+
+        Bounds are the ``low_q``/``high_q`` quantiles, widened to every repeated value (see the
+        module notes); a dimension that still clips values logs a warning naming it and the
+        fraction clipped. Raises ValueError for an empty, non-2-D or non-finite array.
+        """
         actions = np.asarray(actions, dtype=np.float64)
         if actions.ndim != 2 or actions.shape[0] == 0 or actions.shape[1] == 0:
             raise ValueError(f"action stats need a non-empty [N, A] array, got shape {actions.shape}")
@@ -73,22 +91,28 @@ class ActionStats:
             raise ValueError(f"quantiles must satisfy 0 <= low < high <= 1, got {low_q}, {high_q}")
         low = np.quantile(actions, low_q, axis=0)
         high = np.quantile(actions, high_q, axis=0)
+        n = actions.shape[0]
+        min_atom = max(2, math.ceil(ATOM_FRACTION * n))
         kinds: list[str] = []
         summary: list[dict] = []
         for d in range(actions.shape[1]):
             column = actions[:, d]
-            values = np.unique(column)
+            values, counts = np.unique(column, return_counts=True)
             if len(values) == 1:
                 kinds.append("constant")
                 low[d] = high[d] = values[0]
             elif len(values) == 2:
                 kinds.append("binary")
                 low[d], high[d] = values[0], values[1]
-            elif high[d] <= low[d]:  # almost all mass on one value: nothing to bin between the quantiles
-                kinds.append("constant")
-                high[d] = low[d]
             else:
                 kinds.append("continuous")
+                atoms = values[counts >= min_atom]  # repeated commands are kept, never clipped
+                if atoms.size:
+                    low[d], high[d] = min(low[d], atoms[0]), max(high[d], atoms[-1])
+                if high[d] <= low[d]:  # the quantiles coincide: bound by the extremes instead
+                    low[d], high[d] = values[0], values[-1]
+            width = (high[d] - low[d]) / num_bins
+            clipped = (column < low[d] - width) | (column > high[d] + width)
             summary.append(
                 {
                     "min": float(column.min()),
@@ -96,8 +120,22 @@ class ActionStats:
                     "mean": float(column.mean()),
                     "std": float(column.std()),
                     "unique_values": int(min(len(values), 1_000_000)),
+                    "clipped_fraction": float(clipped.mean()),
                 }
             )
+            if clipped.any():
+                beyond = max(low[d] - column.min(), column.max() - high[d])
+                log.warning(
+                    "action dimension %d: %.2f%% of %d values lie more than one bin outside the binned "
+                    "range [%.4g, %.4g] (up to %.4g beyond) and decode to its edge; widen the "
+                    "quantiles (finetune.stats.low_quantile/high_quantile) to keep them",
+                    d,
+                    100 * clipped.mean(),
+                    n,
+                    low[d],
+                    high[d],
+                    beyond,
+                )
         return cls(low, high, kinds, num_bins, low_q, high_q, int(actions.shape[0]), summary)
 
     # ------------------------------------------------------------------ properties
@@ -192,7 +230,7 @@ class ActionStats:
             dims = data["dimensions"]
             if len(dims) != data["action_dim"]:
                 raise ValueError(f"{len(dims)} dimensions listed for action_dim={data['action_dim']}")
-            summary_keys = ("min", "max", "mean", "std", "unique_values")
+            summary_keys = ("min", "max", "mean", "std", "unique_values", "clipped_fraction")
             return cls(
                 low=np.array([float(d["low"]) for d in dims]),
                 high=np.array([float(d["high"]) for d in dims]),
