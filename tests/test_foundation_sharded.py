@@ -52,7 +52,7 @@ def test_fsdp2_two_processes_shard_match_and_resume(tmp_path):
     from lapa.vla.checkpoint import load_foundation
 
     sys.path.insert(0, str(Path(__file__).parent))
-    from test_foundation_train import config, experiment_file
+    from test_foundation_train import config, experiment_file, run_folder
 
     torch.set_num_threads(1)
     shards = tmp_path / "shards"
@@ -94,7 +94,7 @@ def test_fsdp2_two_processes_shard_match_and_resume(tmp_path):
         return result
 
     sharded(4)
-    work = tmp_path / "two.work"
+    work = run_folder(tmp_path / "two.work")
     for rank in (0, 1):
         layout = json.loads((work / "ranks" / f"rank-{rank}.json").read_text())
         assert layout["strategy"] == "fsdp2" and layout["world_size"] == 2
@@ -102,14 +102,14 @@ def test_fsdp2_two_processes_shard_match_and_resume(tmp_path):
     ckpt = work / "checkpoints" / "step-00000004" / "state"
     assert len(list(ckpt.glob("*.distcp"))) == 2  # one shard file per rank
 
-    one, two = _losses(tmp_path / "one.work"), _losses(work)
+    one, two = _losses(run_folder(tmp_path / "one.work")), _losses(work)
     print(f"validation loss by step, one process {one}, two processes {two}")
     assert abs(one[0] - two[0]) < INITIAL_VAL_LOSS_TOLERANCE, (one, two)
     assert abs(one[4] - two[4]) < TRAINED_VAL_LOSS_TOLERANCE, (one, two)
 
     sharded(4, strategy="ddp", out="ddp")
     for key in ("train/loss", "val/loss"):
-        ddp, fsdp = _losses(tmp_path / "ddp.work", key), _losses(work, key)
+        ddp, fsdp = _losses(run_folder(tmp_path / "ddp.work"), key), _losses(work, key)
         print(f"{key} by step, DDP {ddp}, FSDP2 {fsdp}")
         assert ddp.keys() == fsdp.keys() and len(ddp) >= 2
         assert all(abs(ddp[k] - fsdp[k]) < SAME_DATA_LOSS_TOLERANCE for k in ddp), (ddp, fsdp)

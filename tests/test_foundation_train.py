@@ -1,4 +1,4 @@
-"""Foundation training: overfitting, bad labels, and resuming to exactly the same weights."""
+"""Foundation training: overfitting, bad labels, and resuming to exactly the same weights and data."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from safetensors.torch import load_file
 
 from lapa.config import load_config
 from lapa.foundation.train import train_foundation
+from lapa.utils.run import CURRENT_FILE
 from lapa.vla.backbones import make_backbones, read_instructions
 from tests.fixtures.foundation import write_labelled_shards
 
@@ -169,10 +170,55 @@ def test_resume_mid_interval_reaches_the_same_weights(data, uninterrupted, tmp_p
     _assert_same_weights(load_file(str(tmp_path / "found" / "model.safetensors")), uninterrupted)
 
 
+def run_folder(workdir: Path) -> Path:
+    """The folder of the run a work directory last opened (``<workdir>/<identity>/``)."""
+    import json
+
+    return workdir / json.loads((workdir / CURRENT_FILE).read_text())["run"]
+
+
+def _keys_after(cfg, backbones, shards, workdir, count: int) -> tuple[list[str], dict]:
+    """The sample keys of the next ``count`` micro-batches of the run in ``workdir`` (resumed if any)."""
+    from lapa.foundation.train import _train_batches, setup
+    from lapa.vla.parallelize import make_fabric, plan_run
+
+    plan = plan_run(cfg.foundation.training)
+    fabric = make_fabric(plan, activation_checkpointing=False)
+    run = setup(fabric, plan, cfg, backbones, shards, workdir / "out", workdir)
+    batches = _train_batches(run)
+    keys = [key for _ in range(count) for key in next(batches)["key"]]
+    batches.close()
+    return keys, run.progress
+
+
+def test_resume_at_an_epoch_boundary_reads_no_data_twice(data, tmp_path):
+    """A checkpoint on the last batch of a loader epoch resumes at the next epoch, on the same keys."""
+    import json
+
+    root, shards, backbones = data
+    cfg = config(root, *RESUME_ARGS)  # 2 steps x 2 accumulation = 4 micro-batches per loader epoch
+    first = train_foundation(
+        config(root, *RESUME_ARGS, "foundation.training.stop_after_steps=2"),
+        backbones,
+        shards,
+        tmp_path / "found",
+        tmp_path / "work",
+    )
+    assert not first["complete"] and first["step"] == 2
+    ckpt = run_folder(tmp_path / "work") / "checkpoints" / "step-00000002"
+    progress = json.loads((ckpt / "progress.json").read_text())
+    assert (progress["epoch"], progress["batch_in_epoch"]) == (1, 0)  # not (0, 4): epoch 0 is done
+
+    resumed, state = _keys_after(cfg, backbones, shards, tmp_path / "work", 4)
+    assert state["step"] == 2 and state.get("fast_forwarded", 0) == 0
+    reference, _ = _keys_after(cfg, backbones, shards, tmp_path / "reference", 8)
+    assert resumed == reference[4 * 4 :]
+
+
 @pytest.mark.slow
 def test_resume_after_kill_reaches_the_same_weights(data, uninterrupted, tmp_path):
     root, shards, backbones = data
-    out, ckpts = tmp_path / "found", tmp_path / "found.work" / "checkpoints"
+    out, work = tmp_path / "found", tmp_path / "found.work"
     cmd = [
         sys.executable,
         "-m",
@@ -191,7 +237,7 @@ def test_resume_after_kill_reaches_the_same_weights(data, uninterrupted, tmp_pat
     env = {**os.environ, "LAPA_CONFIGS": str(CONFIGS), "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 240
-    while not (ckpts / "step-00000002").is_dir():
+    while not list(work.glob("*/checkpoints/step-00000002")):
         assert proc.poll() is None, proc.stderr.read().decode()[-3000:]
         assert time.monotonic() < deadline
         time.sleep(0.05)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from lapa.config.training import TrainingConfig
+
 
 @dataclass
 class VisionBackboneConfig:
@@ -60,32 +62,23 @@ class HeadConfig:
 
 
 @dataclass
-class FoundationTrainingConfig:
-    max_steps: int = 10_000  # optimizer steps
-    batch_size_per_device: int = 16
-    effective_batch_size: int = 4096  # batch_size_per_device x world size x accumulation
+class FoundationTrainingConfig(TrainingConfig):
+    """``foundation.training``: the shared vocabulary (``TrainingConfig``) with the foundation's defaults.
+
+    One optimizer step = ``effective_batch_size / (batch_size_per_device x world size)``
+    accumulated micro-batches.
+    """
+
+    max_steps: int = 10_000
     lr: float = 1e-5
     betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
-    eps: float = 1e-8
     weight_decay: float = 0.1
     warmup_steps: int = 2000
     min_lr: float = 1e-6
-    gradient_clip: float = 1.0
-    precision: str = "auto"  # auto: bf16 on GPU, 32-true on CPU; or a Fabric precision string
-    strategy: str = "auto"  # auto (ddp if several processes, else single) | single | ddp | fsdp2
-    accelerator: str = "auto"  # auto | cpu | cuda
-    activation_checkpointing: bool = False
-    devices: int = 1  # processes per node
-    cpu_threads: int | None = None  # torch threads per process on CPU; None: the default split over devices
-    num_nodes: int = 1
-    seed: int | None = None  # None: the experiment seed
-    val_every_steps: int = 1000
-    val_batches: int = 20  # per rank; 0 disables validation
-    checkpoint_every_steps: int = 1000
     keep_last: int = 5
-    stop_after_steps: int | None = (
-        None  # leave after this many steps in one run (time-limited jobs); rerun resumes
-    )
+    batch_size_per_device: int = 16
+    effective_batch_size: int = 4096  # batch_size_per_device x world size x accumulation
+    activation_checkpointing: bool = False
 
 
 @dataclass

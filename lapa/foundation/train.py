@@ -3,10 +3,11 @@
 One optimizer step = ``accumulation`` micro-batches per rank; ``effective_batch_size`` =
 batch_size_per_device x world size x accumulation. The data stream is step-based: loader epoch
 ``e`` is ``checkpoint_every_steps x accumulation`` micro-batches drawn with seed (seed, rank, e),
-so a checkpoint at an epoch boundary resumes without replaying data, and one elsewhere
-(``stop_after_steps``, the final step) fast-forwards the same stream. Model, optimizer,
-scheduler, step, data position and RNG are restored, so a resumed CPU run reaches exactly the
-weights of an uninterrupted one.
+so a checkpoint at an epoch boundary resumes without reading data twice, and one elsewhere
+(``stop_after_steps``, the final step, a Slurm requeue) fast-forwards the same stream. Model,
+optimizer, scheduler, step, data position and RNG are restored, so a resumed CPU run reaches
+exactly the weights of an uninterrupted one. The run folder, its identity (inputs by content,
+config) and the checkpoint format come from ``lapa.utils.run`` and ``lapa.utils.checkpoint``.
 
 Launch: under Slurm ``srun lapa train-foundation ...`` with ``foundation.training.devices`` =
 tasks per node and ``num_nodes`` = nodes (Fabric reads ranks from the Slurm environment);
@@ -16,27 +17,41 @@ starts the extra process itself (gloo).
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import random
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
 from lapa.foundation.data import LabelSpec, check_batch, label_spec, preflight_shards
 from lapa.foundation.metrics import LatentAccuracy
+from lapa.utils import checkpoint as ckpt
+from lapa.utils.run import (
+    RequeueSignal,
+    RunDir,
+    RunIdentity,
+    check_resumable,
+    config_values,
+    finalize_loggers,
+    log_metrics,
+    make_loggers,
+    open_run_dir,
+    resumable_batches,
+    rng_state,
+    run_identity,
+    set_cpu_threads,
+    set_rng_state,
+    training_drop,
+)
 from lapa.vla.parallelize import RunPlan, full_state_dict, local_parameter_count, make_fabric, plan_run
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT_PREFIX = "step-"
+KEY = "foundation.training"
 
 
 @dataclass
@@ -60,12 +75,17 @@ class Run:
     micro_per_epoch: int
     seed: int
     out_dir: Path
-    workdir: Path
-    progress: dict = field(default_factory=lambda: {"step": 0, "epoch": 0, "micro_in_epoch": 0})
+    run_dir: RunDir
+    loggers: list = field(default_factory=list)  # rank 0 only
+    progress: dict = field(default_factory=lambda: {"step": 0, "epoch": 0, "batch_in_epoch": 0})
 
     @property
     def ckpt_dir(self) -> Path:
-        return self.workdir / "checkpoints"
+        return self.run_dir.checkpoints
+
+    @property
+    def sharded(self) -> bool:
+        return self.plan.strategy == "fsdp2"
 
 
 def default_workdir(out_dir: str | os.PathLike) -> Path:
@@ -83,8 +103,24 @@ def accumulation_steps(tcfg: Any, world_size: int) -> int:
     return int(tcfg.effective_batch_size) // per_step
 
 
+def identity(cfg: Any, backbones_dir, shards_dir, cache_dir=None) -> RunIdentity:
+    """What decides the foundation weights: backbones and labelled shards by content, the config."""
+    config = config_values(cfg, ["seed", "foundation", "data.loader"], training_drop(KEY))
+    inputs = {"backbones": backbones_dir, "shards": shards_dir}
+    return run_identity("foundation", inputs, config, cache_dir=cache_dir)
+
+
+def open_run(fabric: Any, cfg: Any, backbones_dir, shards_dir, workdir: Path) -> RunDir:
+    """Rank 0 fingerprints the inputs and makes the run folder; every rank gets its place."""
+    ident = identity(cfg, backbones_dir, shards_dir, workdir) if fabric.global_rank == 0 else None
+    ident = fabric.broadcast(ident)
+    run_dir = open_run_dir(workdir, ident, create=fabric.global_rank == 0)
+    fabric.barrier()
+    return run_dir
+
+
 def setup(fabric: Any, plan: RunPlan, cfg: Any, backbones_dir, shards_dir, out_dir, workdir=None) -> Run:
-    """Build model, optimizer, processor and data description; resume from the latest checkpoint."""
+    """Build model, optimizer, processor and data description; resume this run's latest checkpoint."""
     from omegaconf import OmegaConf
 
     from lapa.data.pipeline import list_shards
@@ -114,6 +150,7 @@ def setup(fabric: Any, plan: RunPlan, cfg: Any, backbones_dir, shards_dir, out_d
         raise ValueError(problem)
     accumulation = accumulation_steps(tcfg, fabric.world_size)
     seed = int(tcfg.seed if tcfg.seed is not None else cfg.seed)
+    run_dir = open_run(fabric, cfg, backbones_dir, shards_dir, workdir)
 
     backbones = load_backbones(backbones_dir)
     check_vision_matches(fcfg.vision, backbones.info, backbones_dir)
@@ -132,7 +169,7 @@ def setup(fabric: Any, plan: RunPlan, cfg: Any, backbones_dir, shards_dir, out_d
     model = fabric.setup_module(raw)
     optimizer, scheduler = make_optimizer(raw, tcfg)
     optimizer = fabric.setup_optimizers(optimizer)
-    _write_rank_layout(workdir, fabric, plan, raw, total_params, llm_total)
+    _write_rank_layout(run_dir.path, fabric, plan, raw, total_params, llm_total)
 
     loader_cfg = OmegaConf.merge(cfg.data.loader, {"batch_size": int(tcfg.batch_size_per_device)})
     every = int(tcfg.checkpoint_every_steps) or int(tcfg.max_steps)
@@ -154,7 +191,8 @@ def setup(fabric: Any, plan: RunPlan, cfg: Any, backbones_dir, shards_dir, out_d
         micro_per_epoch=max(1, every) * accumulation,
         seed=seed,
         out_dir=Path(out_dir),
-        workdir=workdir,
+        run_dir=run_dir,
+        loggers=make_loggers(cfg, run_dir.logs, "foundation", fabric=True) if fabric.global_rank == 0 else [],
     )
     _resume(run)
     return run
@@ -179,83 +217,40 @@ def _write_rank_layout(workdir: Path, fabric, plan: RunPlan, raw, total: int, ll
 # -- checkpoints ------------------------------------------------------------------------------
 
 
-def completed_checkpoints(ckpt_dir: Path) -> list[Path]:
-    if not ckpt_dir.is_dir():
-        return []
-    found = [p for p in ckpt_dir.iterdir() if p.is_dir() and p.name.startswith(CHECKPOINT_PREFIX)]
-    return sorted(found, key=lambda p: int(p.name[len(CHECKPOINT_PREFIX) :]))
-
-
-def _state_path(run: Run, ckpt: Path) -> Path:
-    return ckpt / ("state" if run.plan.strategy == "fsdp2" else "state.ckpt")
-
-
-def _rng_state() -> dict:
-    """Generator states as tensors and plain values (loadable with ``weights_only=True``)."""
-    name, keys, pos, has_gauss, cached = np.random.get_state()
-    return {
-        "torch": torch.get_rng_state(),
-        "python": random.getstate(),
-        "numpy": [name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)],
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-    }
-
-
-def _set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    random.setstate(state["python"])
-    name, keys, pos, has_gauss, cached = state["numpy"]
-    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
-    if state.get("cuda") and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
 def save_checkpoint(run: Run) -> Path:
-    """A resumable (sharded under FSDP2) checkpoint, built under a temporary name then renamed."""
-    fabric, step = run.fabric, run.progress["step"]
-    final = run.ckpt_dir / f"{CHECKPOINT_PREFIX}{step:08d}"
-    tmp = run.ckpt_dir / f".{final.name}.tmp"
-    if fabric.global_rank == 0:
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-    fabric.barrier()
-    progress = {**run.progress, "scheduler": run.scheduler.state_dict(), "rng": _rng_state()}
-    fabric.save(_state_path(run, tmp), {"model": run.model, "optimizer": run.optimizer, "progress": progress})
-    fabric.barrier()
-    if fabric.global_rank == 0:
-        (tmp / "progress.json").write_text(
-            json.dumps({k: run.progress[k] for k in run.progress}, indent=2) + "\n"
-        )
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-        keep = max(1, int(run.cfg.foundation.training.keep_last))
-        for old in completed_checkpoints(run.ckpt_dir)[:-keep]:
-            shutil.rmtree(old, ignore_errors=True)
-    fabric.barrier()
-    return final
+    """A resumable (sharded under FSDP2) checkpoint of this step, written atomically."""
+    own = {"progress": dict(run.progress), "scheduler": run.scheduler.state_dict(), "rng": rng_state()}
+    return ckpt.save_training_state(
+        run.fabric,
+        run.ckpt_dir,
+        run.progress["step"],
+        run.raw_model,
+        run.optimizer,
+        own,
+        sharded=run.sharded,
+        keep_last=int(run.cfg.foundation.training.keep_last),
+    )
 
 
 def _resume(run: Run) -> None:
     fabric = run.fabric
     latest = None
     if fabric.global_rank == 0:
-        if run.ckpt_dir.is_dir():
-            for stale in run.ckpt_dir.glob(f".{CHECKPOINT_PREFIX}*.tmp"):
-                shutil.rmtree(stale, ignore_errors=True)
-        found = completed_checkpoints(run.ckpt_dir)
+        ckpt.remove_stale(run.ckpt_dir)
+        found = ckpt.completed(run.ckpt_dir)
         latest = str(found[-1]) if found else None
     latest = fabric.broadcast(latest)
     if latest is None:
         return
-    state = {"model": run.model, "optimizer": run.optimizer, "progress": {}}
-    fabric.load(_state_path(run, Path(latest)), state)
-    progress = state["progress"]
-    run.scheduler.load_state_dict(progress.pop("scheduler"))
-    _set_rng_state(progress.pop("rng"))
-    run.progress = progress
+    latest = Path(latest)
+    max_steps = int(run.cfg.foundation.training.max_steps)
+    check_resumable(ckpt.step_of(latest), max_steps, f"{KEY}.max_steps", latest, run.run_dir)
+    own = ckpt.load_training_state(fabric, latest, run.raw_model, run.optimizer, sharded=run.sharded)
+    run.scheduler.load_state_dict(own["scheduler"])
+    set_rng_state(own["rng"])
+    run.progress = dict(own["progress"])
     if fabric.global_rank == 0:
-        log.info("resumed from %s at step %d", latest, progress["step"])
+        log.info("resumed from %s at step %d", latest, run.progress["step"])
 
 
 # -- data -------------------------------------------------------------------------------------
@@ -266,8 +261,8 @@ def _train_batches(run: Run):
     from lapa.data.pipeline import make_loader
 
     fabric = run.fabric
-    while True:
-        epoch, skip = run.progress["epoch"], run.progress["micro_in_epoch"]
+
+    def epoch(e: int):
         loader = make_loader(
             run.train_shards,
             "foundation",
@@ -278,23 +273,12 @@ def _train_batches(run: Run):
             rank=fabric.global_rank,
             world_size=fabric.world_size,
         )
-        loader.dataset.set_epoch(epoch)
-        iterator = iter(loader)
-        for index in range(run.micro_per_epoch):
-            try:
-                batch = next(iterator)
-            except StopIteration:
-                raise RuntimeError(
-                    f"the loader ended after {index} of {run.micro_per_epoch} batches"
-                ) from None
-            if index < skip:
-                continue
-            check_batch(batch, run.spec, run.train_shards)
-            run.progress["micro_in_epoch"] = index + 1
-            yield batch
-        del iterator
-        run.progress["epoch"] = epoch + 1
-        run.progress["micro_in_epoch"] = 0
+        loader.dataset.set_epoch(e)
+        return loader
+
+    for batch in resumable_batches(epoch, run.progress, run.micro_per_epoch, f"{run.train_shards[0]}..."):
+        check_batch(batch, run.spec, run.train_shards)
+        yield batch
 
 
 def _inputs(run: Run, batch: dict) -> tuple[dict, torch.Tensor]:
@@ -350,7 +334,11 @@ def validate(run: Run) -> dict[str, float]:
 
 
 def fit(run: Run) -> dict:
-    """Train to ``max_steps`` (or ``stop_after_steps`` more), then export the consolidated checkpoint."""
+    """Train to ``max_steps`` (or ``stop_after_steps`` more, or until Slurm asks to requeue), then export.
+
+    Returns ``{"complete", "step", <last train/val metrics>}``; the checkpoint is written only when
+    complete. An incomplete run leaves a checkpoint that the same command resumes.
+    """
     fabric, tcfg = run.fabric, run.cfg.foundation.training
     log_every = max(1, int(run.cfg.logging.log_every_steps))
     max_steps = int(tcfg.max_steps)
@@ -360,60 +348,72 @@ def fit(run: Run) -> dict:
     val_every = int(tcfg.val_every_steps)
     val_on = bool(run.val_shards) and val_every > 0
     ckpt_every = int(tcfg.checkpoint_every_steps)
+    clip = float(tcfg.gradient_clip or 0.0)
     multi = fabric.world_size > 1
     samples_per_step = int(tcfg.batch_size_per_device) * fabric.world_size * run.accumulation
 
     metrics: dict[str, float] = {}
     if val_on and run.progress["step"] == 0:
         metrics = {f"val/{k}": v for k, v in validate(run).items()}
-        fabric.log_dict(metrics, step=0)
+        log_metrics(run.loggers, metrics, step=0)
+    requeue = RequeueSignal()
     batches = _train_batches(run)
     run.model.train()
     loss_sum, loss_count, t0, steps_timed = 0.0, 0, time.perf_counter(), 0
-    while run.progress["step"] < stop_at:
-        for micro in range(run.accumulation):
-            batch = next(batches)
-            inputs, targets = _inputs(run, batch)
-            last = micro == run.accumulation - 1
-            with fabric.no_backward_sync(run.model, enabled=multi and not last):
-                logits = run.model(inputs["images"], inputs["input_ids"], inputs["attention_mask"])
-                loss = _loss(logits, targets)
-                fabric.backward(loss / run.accumulation)
-            loss_sum += float(loss.detach())
-            loss_count += 1
-        grad_norm = fabric.clip_gradients(run.model, run.optimizer, max_norm=float(tcfg.gradient_clip))
-        run.optimizer.step()
-        run.optimizer.zero_grad(set_to_none=True)
-        run.scheduler.step()
-        run.progress["step"] += 1
-        step = run.progress["step"]
-        steps_timed += 1
+    try:
+        while run.progress["step"] < stop_at:
+            for micro in range(run.accumulation):
+                batch = next(batches)
+                inputs, targets = _inputs(run, batch)
+                last = micro == run.accumulation - 1
+                with fabric.no_backward_sync(run.model, enabled=multi and not last):
+                    logits = run.model(inputs["images"], inputs["input_ids"], inputs["attention_mask"])
+                    loss = _loss(logits, targets)
+                    fabric.backward(loss / run.accumulation)
+                loss_sum += float(loss.detach())
+                loss_count += 1
+            grad_norm = fabric.clip_gradients(run.model, run.optimizer, max_norm=clip) if clip > 0 else None
+            run.optimizer.step()
+            run.optimizer.zero_grad(set_to_none=True)
+            run.scheduler.step()
+            run.progress["step"] += 1
+            step = run.progress["step"]
+            steps_timed += 1
 
-        if step % log_every == 0 or step == stop_at:
-            stats = torch.tensor([loss_sum, float(loss_count)], device=fabric.device)
-            if multi:
-                stats = fabric.all_reduce(stats, reduce_op="sum")
-            elapsed = time.perf_counter() - t0
-            norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm
-            metrics = {
-                "train/loss": float(stats[0] / stats[1]),
-                "train/lr": run.scheduler.get_last_lr()[0],
-                "train/grad_norm": float(norm) if norm is not None else float("nan"),
-                "train/samples_per_s": samples_per_step * steps_timed / max(elapsed, 1e-9),
-            }
-            fabric.log_dict(metrics, step=step)
-            if fabric.global_rank == 0:
-                log.info("step %d loss %.4f lr %.2e", step, metrics["train/loss"], metrics["train/lr"])
-            loss_sum, loss_count, t0, steps_timed = 0.0, 0, time.perf_counter(), 0
-        if val_on and (step % val_every == 0 or step == max_steps):
-            val = {f"val/{k}": v for k, v in validate(run).items()}
-            fabric.log_dict(val, step=step)
-            metrics.update(val)
-            if fabric.global_rank == 0:
-                log.info("step %d val top1 %.3f top3 %.3f", step, val["val/top1_acc"], val["val/top3_acc"])
-        if (ckpt_every > 0 and step % ckpt_every == 0) or step == stop_at:
-            save_checkpoint(run)
-    batches.close()
+            if step % log_every == 0 or step == stop_at:
+                stats = torch.tensor([loss_sum, float(loss_count)], device=fabric.device)
+                if multi:
+                    stats = fabric.all_reduce(stats, reduce_op="sum")
+                elapsed = time.perf_counter() - t0
+                norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm
+                metrics = {
+                    "train/loss": float(stats[0] / stats[1]),
+                    "train/lr": run.scheduler.get_last_lr()[0],
+                    "train/grad_norm": float(norm) if norm is not None else float("nan"),
+                    "train/samples_per_s": samples_per_step * steps_timed / max(elapsed, 1e-9),
+                }
+                log_metrics(run.loggers, metrics, step=step)
+                if fabric.global_rank == 0:
+                    log.info("step %d loss %.4f lr %.2e", step, metrics["train/loss"], metrics["train/lr"])
+                loss_sum, loss_count, t0, steps_timed = 0.0, 0, time.perf_counter(), 0
+            if val_on and (step % val_every == 0 or step == max_steps):
+                val = {f"val/{k}": v for k, v in validate(run).items()}
+                log_metrics(run.loggers, val, step=step)
+                metrics.update(val)
+                if fabric.global_rank == 0:
+                    log.info(
+                        "step %d val top1 %.3f top3 %.3f", step, val["val/top1_acc"], val["val/top3_acc"]
+                    )
+            stopping = requeue.requested(fabric)
+            if (ckpt_every > 0 and step % ckpt_every == 0) or step == stop_at or stopping:
+                save_checkpoint(run)
+            if stopping:
+                if fabric.global_rank == 0:
+                    requeue.requeue()
+                break
+    finally:
+        batches.close()
+        requeue.close()
 
     if run.progress["step"] < max_steps:
         if fabric.global_rank == 0:
@@ -421,6 +421,8 @@ def fit(run: Run) -> dict:
                 "stopped at step %d of %d; rerun the same command to resume", run.progress["step"], max_steps
             )
         return {"complete": False, "step": run.progress["step"], **metrics}
+    if val_on and not any(k.startswith("val/") for k in metrics):  # resumed a finished run
+        metrics.update({f"val/{k}": v for k, v in validate(run).items()})
     export(run, metrics)
     return {"complete": True, "step": run.progress["step"], **metrics}
 
@@ -431,7 +433,11 @@ def export(run: Run, metrics: dict) -> None:
 
     state = full_state_dict(run.raw_model, run.plan.strategy)
     if run.fabric.global_rank == 0:
-        extra = {"step": run.progress["step"], "metrics": {k: float(v) for k, v in metrics.items()}}
+        extra = {
+            "step": run.progress["step"],
+            "metrics": {k: float(v) for k, v in metrics.items()},
+            "run_identity": run.run_dir.identity.digest,
+        }
         save_foundation(
             run.raw_model, run.tokenizer, run.cfg.foundation, run.out_dir, extra, state_dict=state
         )
@@ -439,34 +445,18 @@ def export(run: Run, metrics: dict) -> None:
     run.fabric.barrier()
 
 
-def make_loggers(cfg: Any, workdir: Path) -> list:
-    from lightning.fabric.loggers import CSVLogger
-
-    loggers: list = [CSVLogger(root_dir=str(workdir / "logs"), name="foundation")]
-    if cfg.logging.wandb:
-        os.environ.setdefault("WANDB_MODE", cfg.logging.wandb_mode)
-        from lightning.pytorch.loggers import WandbLogger
-
-        loggers.append(WandbLogger(project=cfg.logging.wandb_project, save_dir=str(workdir), name=cfg.name))
-    return loggers
-
-
 def train_foundation(cfg: Any, backbones_dir, shards_dir, out_dir, workdir=None) -> dict:
     """The ``lapa train-foundation`` entry point: plan, launch, setup, fit."""
     for label, path in (("backbones", backbones_dir), ("shards", shards_dir)):
         if not Path(path).is_dir():
             raise FileNotFoundError(f"--{label} directory not found: {path}")
-    plan = plan_run(cfg.foundation.training)
+    plan = plan_run(cfg.foundation.training, KEY)
     workdir = Path(workdir) if workdir else default_workdir(out_dir)
-    fabric = make_fabric(plan, activation_checkpointing=False, loggers=make_loggers(cfg, workdir))
+    fabric = make_fabric(plan, activation_checkpointing=False)
     fabric.launch()
-    if (
-        plan.accelerator == "cpu"
-    ):  # processes on one machine share its cores; oversubscribing them is very slow
-        threads = cfg.foundation.training.cpu_threads
-        torch.set_num_threads(int(threads) if threads else max(1, torch.get_num_threads() // plan.devices))
+    if plan.accelerator == "cpu":
+        set_cpu_threads(cfg.foundation.training.cpu_threads, plan.devices)
     run = setup(fabric, plan, cfg, backbones_dir, shards_dir, out_dir, workdir)
     result = fit(run)
-    for logger in fabric.loggers:
-        logger.finalize("success")
+    finalize_loggers(run.loggers)
     return result

@@ -1,4 +1,6 @@
-"""Strategy and precision choices: single process, DDP for small models, FSDP2 for large ones.
+"""Strategy and precision of the Fabric loops (foundation and finetuning): single, DDP, FSDP2.
+
+Single process or DDP for small models, FSDP2 for large ones.
 
 FSDP2 (``torch.distributed.fsdp.fully_shard``) goes through Fabric's ModelParallelStrategy: one
 sharding unit per Llama decoder layer, one for the vision towers, the rest at the root. On GPU
@@ -16,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-STRATEGIES = ("auto", "single", "ddp", "fsdp2")
+from lapa.config.training import STRATEGIES
 
 
 @dataclass(frozen=True)
@@ -33,34 +35,30 @@ class RunPlan:
         return self.devices * self.num_nodes
 
 
-def plan_run(tcfg: Any) -> RunPlan:
-    """Resolve accelerator/strategy/precision 'auto' values from the training config."""
-    accelerator = tcfg.accelerator
-    if accelerator == "auto":
-        accelerator = "cuda" if torch.cuda.is_available() else "cpu"
-    if accelerator not in ("cpu", "cuda"):
-        raise ValueError(f"foundation.training.accelerator must be auto, cpu or cuda, got {accelerator!r}")
+def plan_run(tcfg: Any, key: str = "foundation.training") -> RunPlan:
+    """Resolve accelerator/strategy/precision 'auto' values of a ``TrainingConfig`` found at ``key``."""
+    from lapa.utils.run import resolve_accelerator, resolve_precision
+
+    accelerator = resolve_accelerator(tcfg.accelerator, f"{key}.accelerator")
     devices, num_nodes = int(tcfg.devices), int(tcfg.num_nodes)
     if devices < 1 or num_nodes < 1:
-        raise ValueError("foundation.training.devices and num_nodes must be >= 1")
+        raise ValueError(f"{key}.devices and {key}.num_nodes must be >= 1")
     world = devices * num_nodes
     strategy = tcfg.strategy
     if strategy not in STRATEGIES:
-        raise ValueError(
-            f"foundation.training.strategy must be one of {', '.join(STRATEGIES)}, got {strategy!r}"
-        )
+        raise ValueError(f"{key}.strategy must be one of {', '.join(STRATEGIES)}, got {strategy!r}")
     if strategy == "auto":
         strategy = "ddp" if world > 1 else "single"
     if strategy == "single" and world > 1:
-        raise ValueError("foundation.training.strategy=single needs devices=1 and num_nodes=1")
+        raise ValueError(f"{key}.strategy=single needs devices=1 and num_nodes=1")
     precision = str(tcfg.precision)
     bf16 = precision.startswith("bf16") or (precision == "auto" and accelerator == "cuda")
     if strategy == "fsdp2":
         # bf16 compute comes from the MixedPrecisionPolicy; Fabric keeps fp32 master weights
         return RunPlan(accelerator, strategy, "32-true", bf16, devices, num_nodes)
-    if precision == "auto":
-        precision = "bf16-mixed" if accelerator == "cuda" else "32-true"
-    return RunPlan(accelerator, strategy, precision, False, devices, num_nodes)
+    return RunPlan(
+        accelerator, strategy, resolve_precision(precision, accelerator), False, devices, num_nodes
+    )
 
 
 def fsdp2_parallelize(
