@@ -7,6 +7,7 @@ fingerprinted is a copy, so editing code here leaves the repository alone.
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -73,6 +74,38 @@ def test_sharding_change_reruns_everything_from_shards_down(tree):
 def test_settings_that_do_not_change_outputs_rerun_nothing(tree):
     jobs, out = plan(tree, ["data.sharding.workers=7", "cluster.mem_gb=99", "laq.label_batch_size=3"])
     assert jobs == {}, out
+
+
+def test_serving_settings_rerun_nothing(tree):
+    jobs, out = plan(tree, ["serve.port=9000", "serve.host=0.0.0.0", "serve.max_image_bytes=1000"])
+    assert jobs == {}, out
+
+
+def test_serving_code_edit_reruns_nothing(tree):
+    _, source, _ = tree
+    edited = [source / "lapa" / "policy" / "server.py", source / "lapa" / "commands" / "policy.py"]
+    originals = [path.read_bytes() for path in edited]
+    try:
+        for path, original in zip(edited, originals):
+            path.write_bytes(original + b"\n# edited\n")
+        jobs, out = plan(tree)
+    finally:
+        for path, original in zip(edited, originals):
+            path.write_bytes(original)
+    assert jobs == {}, out
+
+
+def test_finetune_command_edit_does_not_rebin_actions(tree):
+    _, source, _ = tree
+    target = source / "lapa" / "commands" / "finetune.py"
+    original = target.read_bytes()
+    try:
+        target.write_bytes(original + b"\n# edited\n")
+        jobs, out = plan(tree)
+    finally:
+        target.write_bytes(original)
+    assert jobs["finetune"] == ARMS, out
+    assert not ({"action_stats", "label_actions", "train_foundation"} & set(jobs)), out
 
 
 def test_finetune_code_edit_reruns_finetune_and_downstream_only(tree):
@@ -149,3 +182,60 @@ def test_code_closure_follows_lazy_imports_and_skips_schemas(tmp_path):
     assert codehash.fingerprint(tmp_path, ["lapa.a"]) == before
     (pkg / "b" / "helper.py").write_text("X = 2\n")
     assert codehash.fingerprint(tmp_path, ["lapa.a"]) != before
+
+
+# -- other videos: the shards rebuild and so does everything that learnt from them ------------------
+@pytest.fixture(scope="module")
+def video_tree(tmp_path_factory):
+    root = tmp_path_factory.mktemp("videos")
+    for folder in ["a", "b"]:
+        (root / folder).mkdir()
+        for i in range(3):
+            (root / folder / f"clip{i}.mp4").write_bytes(f"{folder}{i}".encode())
+    config = {"experiment": "tiny"}
+    work = root / "work"
+    fake_existing_outputs(work, config, ["data.source=videos", f"data.videos=[{root}/a/*.mp4]"])
+    return work, root, config
+
+
+def video_plan(video_tree, folder):
+    work, root, config = video_tree
+    overrides = ["data.source=videos", f"data.videos=[{root}/{folder}/*.mp4]"]
+    out = run_snakemake(work, "-n", config=config, overrides=overrides).stdout
+    return planned_jobs(out), out
+
+
+# trained on the frame pairs, directly or through their labels or instructions (backbones)
+FROM_PAIRS = {"shards_pairs", "train_laq", "label_latent", "label_actions", "make_backbones"}
+FROM_PAIRS |= {"train_foundation", "finetune", "eval_offline", "eval_sim", "results", "plot_curves"}
+
+
+def test_video_tree_is_up_to_date(video_tree):
+    jobs, out = video_plan(video_tree, "a")
+    assert jobs == {}, out
+
+
+def test_other_videos_retrain_the_laq_and_everything_downstream(video_tree):
+    jobs, out = video_plan(video_tree, "b")
+    assert set(jobs) == FROM_PAIRS, out  # demonstrations, their shards and statistics stay
+    assert jobs["train_laq"] == 1 and jobs["train_foundation"] == 2 and jobs["finetune"] == ARMS
+    reasons = job_reasons(out)
+    assert any("shards/pairs" in r for r in reasons["train_laq"]), reasons["train_laq"]
+    block = out[out.index("rule shards_pairs:") :].split("\n\n")[0]
+    assert all(f"b/clip{i}.mp4" in block for i in range(3)), block
+
+
+def test_a_video_replaced_in_place_retrains_the_laq(video_tree):
+    _, root, _ = video_tree
+    clip = root / "a" / "clip1.mp4"
+    before = clip.stat()
+    try:
+        clip.write_bytes(b"another recording")
+        later = before.st_mtime + 3600
+        os.utime(clip, (later, later))
+        jobs, out = video_plan(video_tree, "a")
+    finally:
+        clip.write_bytes(b"a1")
+        os.utime(clip, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert set(jobs) == FROM_PAIRS, out
+    assert any("clip1.mp4" in r for r in job_reasons(out)["shards_pairs"]), out
