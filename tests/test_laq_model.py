@@ -139,8 +139,8 @@ def test_metrics():
     x = torch.rand(2, 3, 16, 16) * 2 - 1
     assert float(M.ssim(x, x)) == pytest.approx(1.0, abs=1e-4)
     assert float(M.psnr(x, x.clamp(-0.9, 0.9))) > float(M.psnr(x, -x))
-    probe = M.action_code_nmi(codes, np.stack([a, -a], 1).astype(float), vocab_size=8, bins=8)
-    assert probe["nmi_mean"] == pytest.approx(1.0)
+    probe = M.code_action_ami(codes, np.stack([a, -a], 1).astype(float), vocab_size=8, bins=8)
+    assert probe["ami"] == pytest.approx(1.0)
 
 
 def test_usage_entropy_loss_penalises_collapse_and_spreads_codes():

@@ -98,7 +98,7 @@ def _state(path):
 def test_outputs_beside_the_checkpoint(trained):
     metrics = json.loads(trained.with_suffix(".metrics.json").read_text())
     assert metrics["global_step"] == 40 and metrics["num_tokens"] == 4
-    for key in ("val/psnr", "val/psnr_copy", "val/ssim", "val/utilisation", "val/action_nmi_mean"):
+    for key in ("val/psnr", "val/psnr_copy", "val/ssim", "val/utilisation", "val/code_action_ami"):
         assert key in metrics["val"], key
     assert trained.with_suffix(".recon.png").stat().st_size > 0
     assert (trained.parent / "work" / "logs" / "version_0" / "metrics.csv").is_file()
@@ -189,7 +189,8 @@ def test_label_is_deterministic_and_has_the_contract_layout(shards, trained, tmp
         total += len(keys)
     assert total == sum(info["counts"].values()) == 30 * 8
     report = json.loads((outs[0] / "label_report.json").read_text())
-    assert len(report["train"]["histograms"]) == 4 and "action_nmi" in report["train"]
+    assert len(report["train"]["histograms"]) == 4 and "ami" in report["train"]["code_action"]
+    assert "probe_acc_codes" in report["train"]["code_action"]
 
 
 def test_load_laq_errors_name_the_file(tmp_path):

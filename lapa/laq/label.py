@@ -232,7 +232,7 @@ def label_shards(
                 if split == "train":
                     raise
                 shards = []
-            codes_all, actions_all = [], []
+            codes_all, actions_all, frames_all, groups_all = [], [], [], []
             writer = ShardWriter(tmp, split, prefix, samples_per_shard, max_shard_bytes)
             loader = DataLoader(
                 PairChunks(plan_chunks(shards, batch_size), image_size, on_error),
@@ -259,6 +259,9 @@ def label_shards(
                         rows.append(_row(split, writer, key, meta))
                     codes_all.append(codes)
                     actions_all.extend(_action_of(m) for m in batch["meta"])
+                    groups_all.extend(str(m.get("video_id", "")) for m in batch["meta"])
+                    if "frame_t" in batch:
+                        frames_all.append(M.frame_features(batch["frame_t"]))
                 writer.close()
             except BaseException:
                 writer.abort()
@@ -270,8 +273,14 @@ def label_shards(
                 known = [i for i, a in enumerate(actions_all) if a is not None]
                 if len(known) >= 2 and len({len(actions_all[i]) for i in known}) == 1:
                     acts = np.stack([actions_all[i] for i in known])
-                    split_report["action_nmi"] = M.action_code_nmi(
-                        codes[known], acts, target.vocab_size, action_bins
+                    feats = np.concatenate(frames_all)[known] if len(frames_all) == len(codes_all) else None
+                    split_report["code_action"] = M.code_action_diagnostics(
+                        codes[known],
+                        acts,
+                        target.vocab_size,
+                        action_bins,
+                        frame_feats=feats,
+                        groups=[groups_all[i] for i in known],
                     )
                 report[split] = split_report
         report["skipped"] = {"count": len(skipped), "samples": skipped[:100]}

@@ -30,6 +30,8 @@ class LAQTask(L.LightningModule):
         self.last_grid: Path | None = None
         self._val_codes: list[np.ndarray] = []
         self._val_actions: list[np.ndarray] = []
+        self._val_frames: list[np.ndarray] = []  # frame t pooled small: the shortcut probe's input
+        self._val_groups: list[str] = []  # episode ids: the probe's folds hold whole episodes
         self.last_val_metrics: dict = {}
 
     # -- steps -----------------------------------------------------------------------------------
@@ -70,7 +72,7 @@ class LAQTask(L.LightningModule):
         return total
 
     def on_validation_epoch_start(self) -> None:
-        self._val_codes, self._val_actions = [], []
+        self._val_codes, self._val_actions, self._val_frames, self._val_groups = [], [], [], []
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         frame_t, frame_t1, out, recon_loss, total = self._shared_step(batch)
@@ -92,6 +94,8 @@ class LAQTask(L.LightningModule):
         self._val_codes.append(out.indices.cpu().numpy())
         if "action" in batch:
             self._val_actions.append(torch.as_tensor(batch["action"]).float().cpu().numpy())
+            self._val_frames.append(M.frame_features(batch["frame_t"]))
+            self._val_groups.extend(str(g) for g in batch.get("video_id", []))
         if batch_idx == 0:
             self._save_grid(batch["frame_t"], batch["frame_t1"], out.reconstruction)
 
@@ -105,12 +109,16 @@ class LAQTask(L.LightningModule):
         logs["val/distinct_tuples"] = float(summary["distinct_tuples"])
         if self._val_actions and len(self._val_actions) == len(self._val_codes):
             actions = np.concatenate(self._val_actions)
-            probe = M.action_code_nmi(codes, actions, self.model.vocab_size, self.training_cfg["action_bins"])
-            if probe:
-                logs["val/action_nmi_mean"] = probe["nmi_mean"]
-                logs["val/action_nmi_joint"] = probe["nmi_joint_action"]
-                for d, v in enumerate(probe["nmi_per_dim"]):
-                    logs[f"val/action_nmi/dim{d}"] = v
+            groups = self._val_groups if len(self._val_groups) == len(actions) else None
+            diag = M.code_action_diagnostics(
+                codes,
+                actions,
+                self.model.vocab_size,
+                self.training_cfg["action_bins"],
+                frame_feats=np.concatenate(self._val_frames),
+                groups=groups,
+            )
+            logs.update(M.diagnostics_logs(diag, "val/"))
         self.log_dict({k: float(v) for k, v in logs.items()}, sync_dist=False)
         self.last_val_metrics = {k: float(v) for k, v in logs.items()}  # completed in on_validation_end
 
