@@ -52,6 +52,20 @@ def test_training_logs_are_copied_out_of_the_work_folder(tmp_path):
     assert [p.name for p in logs.rglob("*.csv")] == ["metrics.csv"]
 
 
+def test_only_the_current_runs_logs_are_copied(tmp_path):
+    """A work folder holds one folder per run identity; current.json names the one just trained."""
+    from lapa.utils.io import atomic_write_json
+
+    work = tmp_path / "work"
+    write_log(work / "0123456789abcdef" / "logs" / "laq" / "version_0" / "metrics.csv", ["0,1,0.9,"])
+    write_log(work / "fedcba9876543210" / "logs" / "laq" / "version_0" / "metrics.csv", ["0,1,0.1,"])
+    atomic_write_json(work / "current.json", {"run": "fedcba9876543210", "stage": "laq"})
+    assert copy_logs(tmp_path, "work", "laq.logs").returncode == 0
+    copied = list((tmp_path / "laq.logs").rglob("*.csv"))
+    assert [str(p.relative_to(tmp_path / "laq.logs")) for p in copied] == ["logs/laq/version_0/metrics.csv"]
+    assert "0.1" in copied[0].read_text()
+
+
 def test_copy_fails_when_the_command_left_no_work_folder(tmp_path):
     proc = copy_logs(tmp_path, "results/work/none", "results/laq/laq.logs")
     assert proc.returncode != 0

@@ -76,6 +76,16 @@ def test_settings_that_do_not_change_outputs_rerun_nothing(tree):
     assert jobs == {}, out
 
 
+def test_run_settings_of_training_rerun_nothing(tree):
+    overrides = [
+        "laq.training.keep_last=7",
+        "foundation.training.cpu_threads=1",
+        "finetune.training.keep_last=5",
+    ]
+    jobs, out = plan(tree, overrides)
+    assert jobs == {}, out
+
+
 def test_serving_settings_rerun_nothing(tree):
     jobs, out = plan(tree, ["serve.port=9000", "serve.host=0.0.0.0", "serve.max_image_bytes=1000"])
     assert jobs == {}, out

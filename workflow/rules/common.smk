@@ -40,6 +40,10 @@ def contract(config, code, leave_out=(), work=None):
     return out
 
 
+# Training keys that change how a run goes (checkpoints kept, threads, leaving early), not its weights.
+RUN_ONLY = EXP.run_only_keys
+
+
 def grow(base, factor=1.5):
     """A resource that is `base` on the first attempt and grows by `factor` on every retry."""
     return lambda wildcards, attempt: int(base * factor ** (attempt - 1))

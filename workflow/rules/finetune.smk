@@ -29,6 +29,7 @@ rule finetune:
     params:
         **contract(
             config=["seed", "finetune", "data.loader"],
+            leave_out=RUN_ONLY("finetune"),
             code=["lapa.commands.finetune:run_finetune", "lapa.finetune"],
             work="finetune/{arm}",
         ),

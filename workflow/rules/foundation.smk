@@ -42,6 +42,7 @@ rule train_foundation:
     params:
         **contract(
             config=["seed", "foundation", "data.loader"],
+            leave_out=RUN_ONLY("foundation"),
             code=["lapa.commands.foundation:_run_train_foundation", "lapa.foundation"],
             work="foundation/{arm}",
         ),

@@ -18,7 +18,12 @@ rule train_laq:
     params:
         **contract(
             config=["seed", "laq", "data.loader"],
-            leave_out=["laq.label_batch_size", "laq.label_workers", "laq.training.num_workers"],
+            leave_out=[
+                "laq.label_batch_size",
+                "laq.label_workers",
+                "laq.training.num_workers",
+                *RUN_ONLY("laq"),
+            ],
             code=["lapa.commands.laq:run_train", "lapa.laq"],
             work="laq",
         ),

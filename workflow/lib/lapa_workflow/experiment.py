@@ -135,6 +135,19 @@ class Experiment:
             values[key] = node
         return json.dumps(values, sort_keys=True, separators=(",", ":"), default=str)
 
+    def run_only_keys(self, section: str) -> list[str]:
+        """Keys of ``<section>.training`` that change how a run goes, not the weights it ends with.
+
+        ``lapa.config.training.NOT_IN_IDENTITY`` (checkpoints kept, CPU threads, leaving early)
+        without ``max_steps``, which does decide the artifact; only those the section has.
+        """
+        from lapa.config.training import NOT_IN_IDENTITY
+
+        node = OmegaConf.select(self.cfg, f"{section}.training")
+        if node is None:
+            raise ValueError(f"config section {section}.training does not exist in the experiment schema")
+        return [f"{section}.training.{key}" for key in NOT_IN_IDENTITY if key != "max_steps" and key in node]
+
     def code_param(self, entries: list[str]) -> str:
         """Fingerprint of the source files ``entries`` name and import (see ``codehash``)."""
         key = tuple(entries)
