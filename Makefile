@@ -4,6 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 EXPERIMENT ?= default
 CORES ?= 2
+ARGS ?=
 
 .PHONY: setup run test test-quick lint clean-results
 
@@ -17,9 +18,11 @@ $(BIN)/lapa: pyproject.toml
 
 setup: $(BIN)/lapa
 
-## run the Snakemake DAG of the chosen experiment on this machine (local profile)
+## run the Snakemake DAG of the chosen experiment on this machine (local profile); a lock left by a
+## killed run is removed first when no snakemake works in this directory (workflow/lib/lapa_workflow/locks.py)
 run: setup
-	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/snakemake --profile profiles/local --cores $(CORES) --config experiment=$(EXPERIMENT)
+	PYTHONPATH=workflow/lib $(BIN)/python -m lapa_workflow.locks --directory . --snakemake $(BIN)/snakemake
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/snakemake --profile profiles/local --cores $(CORES) --config experiment=$(EXPERIMENT) $(ARGS)
 
 ## the whole test suite
 test: setup
