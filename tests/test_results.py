@@ -1,14 +1,22 @@
-"""The results table, built from real closed-loop evaluations of two real policies."""
+"""The results table: real closed-loop evaluations, arms refused when evaluated differently, the
+paired comparison against scratch, and diagnostics beside their chance levels."""
 
 from __future__ import annotations
 
 import csv
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+from scipy.stats import chi2
+
+import lapa.sim  # noqa: F401  (selects headless OpenGL before metaworld imports mujoco)
+from lapa.evaluation.closed_loop import wilson_interval
+from lapa.evaluation.results import paired_difference, parse_input, write_results
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -28,7 +36,7 @@ def test_results_table_ranks_expert_above_still_arm(tmp_path):
         dirs.append(str(out))
     laq = tmp_path / "laq.metrics.json"
     laq.write_text(
-        json.dumps({"val": {"val/psnr": 27.5, "val/psnr_copy": 25.0, "val/action_nmi_mean": 0.31}})
+        json.dumps({"val": {"val/psnr": 27.5, "val/psnr_copy": 25.0, "val/code_action_ami": 0.031}})
     )
 
     proc = subprocess.run(
@@ -45,12 +53,96 @@ def test_results_table_ranks_expert_above_still_arm(tmp_path):
     assert overall["lapa"] > overall["scratch"]
     assert [r["arm"] for r in rows][0] == "lapa"  # arms in their canonical order
     md = (summary / "results.md").read_text()
-    assert "| **overall** |" in md and "laq.val.val/psnr_copy" in md and "[" in md
+    assert "| **overall** |" in md and "[" in md
+    assert "| laq.val | reconstruction PSNR (dB) | 27.5 |" in md and "copying frame t" in md
+    comparison = list(csv.DictReader((summary / "comparison.csv").open()))
+    assert [c["arm"] for c in comparison] == ["lapa"] and float(comparison[0]["difference"]) > 0
+
+
+# ------------------------------------------------------------------------- evaluations written here
+def _sim_metrics(successes: dict[str, int], episodes: int = 20, **overrides) -> dict:
+    """A closed-loop metrics.json as ``evaluate_policy`` writes it."""
+
+    def rate(k, n):
+        lo, hi = wilson_interval(k, n)
+        return {"success_rate": k / n, "successes": k, "episodes": n, "ci_low": lo, "ci_high": hi}
+
+    per_task = {t: rate(k, episodes) for t, k in successes.items()}
+    total = sum(successes.values())
+    metrics = {
+        "policy": "LAPAPolicy",
+        "overall": rate(total, episodes * len(successes)),
+        "per_task": per_task,
+        "confidence": 0.95,
+        "episodes_per_task": episodes,
+        "seed_range": [1000, 1000 + episodes],
+        "max_steps": 150,
+        "camera": "corner",
+        "image_size": 64,
+    }
+    metrics.update(overrides)
+    return metrics
+
+
+def _write(root: Path, arm: str, seed: int, metrics: dict, kind: str = "sim") -> str:
+    d = root / "eval" / arm / f"seed{seed}" / kind
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "metrics.json").write_text(json.dumps(metrics))
+    return str(d)
+
+
+TASKS = [f"task-{i}" for i in range(10)]
+
+
+def _experiment(root: Path, rates: dict[str, float], seeds=(0, 1, 2), episodes: int = 20, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    inputs = []
+    for arm, p in rates.items():
+        for s in seeds:
+            successes = {t: int(rng.binomial(episodes, p)) for t in TASKS}
+            inputs.append(_write(root, arm, s, _sim_metrics(successes, episodes)))
+    return inputs
+
+
+@pytest.mark.parametrize(
+    "field, override",
+    [
+        ("episodes_per_task", {"episodes_per_task": 10}),
+        ("seed_range", {"seed_range": [2000, 2020]}),
+        ("max_steps", {"max_steps": 500}),
+        ("camera", {"camera": "corner2"}),
+    ],
+)
+def test_arms_evaluated_differently_are_refused(tmp_path, field, override):
+    inputs = _experiment(tmp_path, {"scratch": 0.3}, seeds=(0,))
+    odd = _write(tmp_path, "lapa", 0, _sim_metrics(dict.fromkeys(TASKS, 5), **override))
+    with pytest.raises(ValueError, match=rf"arm 'lapa' \(finetuning seed 0\).*{field}="):
+        write_results([*inputs, odd], tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_arms_on_other_tasks_or_seeds_are_refused(tmp_path):
+    inputs = _experiment(tmp_path, {"scratch": 0.3}, seeds=(0, 1))
+    fewer_tasks = _write(tmp_path / "a", "lapa", 0, _sim_metrics(dict.fromkeys(TASKS[:9], 5)))
+    with pytest.raises(ValueError, match=r"arm 'lapa'.*tasks="):
+        write_results([*inputs, fewer_tasks], tmp_path / "out")
+    lapa = [_write(tmp_path / "b", "lapa", s, _sim_metrics(dict.fromkeys(TASKS, 5))) for s in (0, 2)]
+    with pytest.raises(ValueError, match=r"arm 'lapa' has sim evaluations for finetuning seeds \['0', '2'\]"):
+        write_results([*inputs, *lapa], tmp_path / "out")
+    with pytest.raises(ValueError, match="already has a sim evaluation"):
+        write_results([*inputs, f"scratch@1={lapa[0]}"], tmp_path / "out")
+
+
+def test_input_labels():
+    assert parse_input("runs/eval/lapa/sim") == ("lapa", "0", "sim", Path("runs/eval/lapa/sim"))
+    assert parse_input("runs/eval/lapa/seed3/offline")[:3] == ("lapa", "3", "offline")
+    assert parse_input("scratch@7=x/y/sim")[:3] == ("scratch", "7", "sim")
+    assert parse_input("lapa=x/seed1/sim")[:3] == ("lapa", "1", "sim")
+    with pytest.raises(ValueError, match="'sim' or 'offline'"):
+        parse_input("runs/eval/lapa/other")
 
 
 def test_results_rejects_unknown_directory(tmp_path):
-    from lapa.evaluation.results import write_results
-
     (tmp_path / "eval" / "lapa" / "other").mkdir(parents=True)
     with pytest.raises(ValueError, match="'sim' or 'offline'"):
         write_results([tmp_path / "eval" / "lapa" / "other"], tmp_path / "out")
@@ -58,3 +150,99 @@ def test_results_rejects_unknown_directory(tmp_path):
     with pytest.raises(FileNotFoundError, match="metrics.json"):
         write_results([tmp_path / "eval" / "lapa" / "sim"], tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+# ------------------------------------------------------------------------------ paired comparison
+def _cmh_by_hand(cells_a, cells_r) -> float:
+    """The continuity-corrected Mantel-Haenszel chi-square p-value, from its textbook formula."""
+    dev, var = 0.0, 0.0
+    for (a, n1), (r, n2) in zip(cells_a, cells_r):
+        t, m1 = n1 + n2, a + r
+        dev += a - n1 * m1 / t
+        var += n1 * n2 * m1 * (t - m1) / (t * t * (t - 1))
+    return float(chi2.sf((abs(dev) - 0.5) ** 2 / var, 1))
+
+
+def test_paired_difference_right_values():
+    rng = np.random.default_rng(0)
+    keys = [(t, s) for t in TASKS for s in "012"]
+    ref = {c: (int(rng.binomial(20, 0.3)), 20) for c in keys}
+    better = {c: (int(rng.binomial(20, 0.5)), 20) for c in keys}
+    r = paired_difference(better, ref)
+    assert r["difference"] == pytest.approx(np.mean([better[c][0] / 20 - ref[c][0] / 20 for c in keys]))
+    assert r["p_value"] == pytest.approx(_cmh_by_hand([better[c] for c in keys], [ref[c] for c in keys]))
+    assert r["p_value"] < 1e-4 and r["ci_low"] > 0.1
+    # the bootstrap interval's half-width is the binomial standard error of the mean difference
+    se = math.sqrt(sum(k / 20 * (1 - k / 20) / 20 for c in keys for k in (better[c][0], ref[c][0]))) / 30
+    assert (r["ci_high"] - r["ci_low"]) / 2 == pytest.approx(1.96 * se, rel=0.1)
+
+    same = paired_difference(ref, ref)
+    assert same["difference"] == 0.0 and same["ci_low"] < 0 < same["ci_high"] and same["p_value"] > 0.5
+    nothing = {c: (0, 20) for c in keys}
+    assert paired_difference(nothing, nothing)["p_value"] is None  # no informative cell
+    with pytest.raises(ValueError, match="cannot be paired"):
+        paired_difference(dict(list(better.items())[:-1]), ref)
+
+
+def test_results_pool_seeds_compare_against_scratch_and_show_chance(tmp_path):
+    inputs = _experiment(tmp_path, {"scratch": 0.3, "lapa": 0.5, "action_pretrained": 0.3})
+    laq = tmp_path / "laq.metrics.json"
+    val = {
+        "val/psnr": 30.0,
+        "val/psnr_copy": 28.0,
+        "val/code_action_ami": 0.12,
+        "val/code_action_ami_ci_low": 0.08,
+        "val/code_action_ami_ci_high": 0.16,
+        "val/code_action_ami_p": 0.005,
+        "val/probe_acc_codes": 0.61,
+        "val/probe_acc_frame": 0.44,
+        "val/probe_chance": 0.31,
+    }
+    laq.write_text(json.dumps({"val": val}))
+    report = tmp_path / "label_report.json"
+    code_action = {"ami": 0.1, "ami_ci_low": 0.07, "ami_ci_high": 0.13, "ami_p": 0.005, "probe_chance": 0.3}
+    report.write_text(json.dumps({"train": {"utilisation_mean": 1.0, "code_action": code_action}}))
+    found = tmp_path / "foundation" / "lapa"
+    found.mkdir(parents=True)
+    head = {"vocab_size": 8, "num_tokens": 4, "metrics": {"val/top1_acc": 0.42, "val/top1_majority": 0.2}}
+    (found / "head.json").write_text(json.dumps(head))
+
+    summary = write_results(
+        inputs, tmp_path / "out", laq_metrics=laq, label_report=report, foundations=[str(found)]
+    )
+    out = tmp_path / "out"
+    pooled = {(r["arm"], r["task"]): r for r in csv.DictReader((out / "results.csv").open())}
+    by_seed = list(csv.DictReader((out / "results_by_seed.csv").open()))
+    lapa_overall = [r for r in by_seed if r["arm"] == "lapa" and r["task"] == "overall"]
+    assert len(lapa_overall) == 3
+    assert int(pooled[("lapa", "overall")]["successes"]) == sum(int(r["successes"]) for r in lapa_overall)
+    assert int(pooled[("lapa", "overall")]["episodes"]) == 3 * 10 * 20
+
+    comp = {c["arm"]: c for c in summary["comparison"]}
+    assert set(comp) == {"lapa", "action_pretrained"} and comp["lapa"]["cells"] == 30
+    assert comp["lapa"]["p_value"] < 0.001 and comp["lapa"]["ci_low"] > 0
+    assert comp["action_pretrained"]["ci_low"] < 0 < comp["action_pretrained"]["ci_high"]
+
+    laq_rows = {(r["source"], r["metric"]): r for r in summary["laq"]}
+    ami = laq_rows[("laq.val", "code-action AMI")]
+    assert (ami["value"], ami["ci_low"], ami["p_value"], ami["chance"]) == (0.12, 0.08, 0.005, 0.0)
+    assert laq_rows[("laq.val", "probe accuracy from frame t")]["chance"] == 0.31
+    assert laq_rows[("laq.val", "reconstruction PSNR (dB)")]["chance"] == 28.0
+    assert laq_rows[("labels.train", "code-action AMI")]["ci_high"] == 0.13
+    (f,) = summary["foundation"]
+    assert (f["arm"], f["top1"], f["chance_uniform"], f["chance_majority"]) == ("lapa", 0.42, 0.125, 0.2)
+
+    md = (out / "results.md").read_text()
+    assert "Paired difference against scratch" in md and "Cochran-Mantel-Haenszel" in md
+    assert "| seed 0 | seed 1 | seed 2 |" in md and "chance (1/vocab)" in md
+    assert "| laq.val | code-action AMI | 0.12 | [0.08, 0.16] | 0.0050 | 0 | independent codes |" in md
+
+
+def test_help_documents_arm_and_seed_labels():
+    from lapa.commands import build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction")
+    text = sub.choices["results"].format_help()
+    assert "[ARM[@SEED]=]DIR" in text and "lapa@1=" in text and "seed<N>" in text
+    assert "Cochran-Mantel-Haenszel" in text and "step cap" in text
