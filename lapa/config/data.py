@@ -9,17 +9,25 @@ from dataclasses import dataclass, field
 class ShardingConfig:
     """How sources become frame-pair and demonstration shards."""
 
-    fps: float | None = 10.0  # target frame rate when sampling videos; None keeps the native rate
-    frame_offset: int = 1  # k in the pair (frame t, frame t+k)
+    # frames are sampled by presentation time: the frame nearest each 1/fps step (VFR-safe); None keeps all
+    fps: float | None = 10.0
+    frame_offset: int = 1  # k in the pair (frame t, frame t+k), counted in sampled frames
+    frame_offset_s: float | None = None  # the pair's gap in seconds instead (t+gap within half a frame)
     resize: int = 256  # shorter side after resizing
     crop: int = 224  # centre crop size
     jpeg_quality: int = 95
     samples_per_shard: int = 1000
     max_shard_bytes: int = 2_000_000_000
-    val_fraction: float = 0.1  # fraction of videos/episodes held out
+    val_fraction: float = 0.1  # fraction of videos/episodes held out (>= 1 each side from 2 episodes)
     split_seed: int = 0
+    train_episodes_per_task: int | None = None  # split by task: N training episodes each, the rest held out
     workers: int = 2  # parallel processes over sources
     on_error: str = "raise"  # "raise" or "skip" (skips are logged and counted in the manifest)
+    chunk_sources: int = 16  # sources (LeRobot: episodes) per resumable chunk of shards
+    resume: bool = True  # keep finished chunks of a killed build and continue from them on a rerun
+    camera: str | None = None  # LeRobot video/image feature; None: the dataset's only one
+    state_keys: list[str] = field(default_factory=list)  # LeRobot features stored as state.npy in demos
+    timestamp_tolerance_s: float = 1e-4  # LeRobot: a row's frame lies this close to its timestamp
 
 
 @dataclass

@@ -13,6 +13,10 @@ class Episode:
 
     ``frames`` is uint8 [T, H, W, 3] (RGB). ``actions`` is float32 [T, A] (the action taken at
     each frame) or None for videos without action labels. ``success`` is bool [T] or None.
+    ``state`` is float32 [T, S] (the robot state at each frame) or None. ``timestamps`` is float64
+    [T], seconds from the episode's start, or None for frames ``1/fps`` apart. ``uid`` identifies
+    the source (a file path, or a dataset path and episode index) for sample keys; the
+    ``source`` (else the ``episode_id``) stands in when it is empty.
     """
 
     episode_id: str  # unique across the dataset; used for the train/val split
@@ -24,6 +28,9 @@ class Episode:
     success: np.ndarray | None = None
     source: str = ""  # file or dataset the episode came from, for error messages and manifests
     meta: dict = field(default_factory=dict)
+    state: np.ndarray | None = None
+    timestamps: np.ndarray | None = None
+    uid: str = ""
 
     def __post_init__(self) -> None:
         if self.frames.ndim != 4 or self.frames.shape[-1] != 3 or self.frames.dtype != np.uint8:
@@ -34,10 +41,16 @@ class Episode:
         n = len(self.frames)
         if self.actions is not None and len(self.actions) != n:
             raise ValueError(f"{self.source or self.episode_id}: {len(self.actions)} actions for {n} frames")
-        if self.success is not None and len(self.success) != n:
-            raise ValueError(
-                f"{self.source or self.episode_id}: {len(self.success)} success flags for {n} frames"
-            )
+        for name in ("success", "state", "timestamps"):
+            value = getattr(self, name)
+            if value is not None and len(value) != n:
+                raise ValueError(f"{self.source or self.episode_id}: {len(value)} {name} rows for {n} frames")
+
+    def times(self) -> np.ndarray:
+        """Presentation time of every frame in seconds (``timestamps``, else ``i / fps``)."""
+        if self.timestamps is not None:
+            return np.asarray(self.timestamps, dtype=np.float64)
+        return np.arange(self.num_frames, dtype=np.float64) / float(self.fps)
 
     @property
     def num_frames(self) -> int:

@@ -171,7 +171,8 @@ def resample(images, height: int, width: int):
             )
         if images.shape[-3:-1] == (height, width):
             return images
-        x = torch.from_numpy(np.ascontiguousarray(images))
+        arr = np.ascontiguousarray(images)
+        x = torch.from_numpy(arr if arr.flags.writeable else arr.copy())
         x = (x[None] if x.ndim == 3 else x).permute(0, 3, 1, 2)  # channels-last strides: the fast path
         out = F.interpolate(x, size=(height, width), mode="bilinear", antialias=True, align_corners=False)
         out = out.permute(0, 2, 3, 1).numpy()

@@ -25,12 +25,22 @@ import braceexpand
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset
-from webdataset.tariterators import tarfile_samples
 
 from lapa.config.data import LoaderConfig
 from lapa.data.codec import decode_jpeg, decode_npy
-from lapa.data.transforms import FrameAugment, resize_uint8
-from lapa.utils.io import read_json_object
+from lapa.data.images import resize_square
+from lapa.data.shard_reader import ShardReadError, list_shards, read_info, stream_samples
+from lapa.data.transforms import FrameAugment
+
+__all__ = [
+    "ShardDataset",
+    "ShardReadError",
+    "collate",
+    "list_shards",
+    "make_dataset",
+    "make_loader",
+    "read_info",
+]
 
 log = logging.getLogger(__name__)
 
@@ -40,25 +50,6 @@ REQUIRED_FIELDS = {
     "foundation": ("image.jpg", "txt", "latent.npy"),
     "low_level": ("image.jpg", "txt", "action.npy"),
 }
-
-
-class ShardReadError(ValueError):
-    """Unreadable shard data (truncated tar, corrupt JPEG, missing field), naming the shard."""
-
-
-def list_shards(shard_dir, split: str) -> list[str]:
-    """The ``.tar`` shards of one split of a shard directory, sorted."""
-    split_dir = Path(shard_dir) / split
-    shards = sorted(str(p) for p in split_dir.glob("*.tar"))
-    if not shards:
-        raise FileNotFoundError(f"no .tar shards in {split_dir} (is {shard_dir} a complete shard directory?)")
-    return shards
-
-
-def read_info(shard_dir) -> dict:
-    """``info.json`` of a shard directory (counts, image size, action_dim, num_tokens/vocab_size)."""
-    path = Path(shard_dir) / "info.json"
-    return read_json_object(path, missing=f"{path} not found: {shard_dir} is not a complete shard directory")
 
 
 def expand_shards(shards: str | list[str], train: bool = True) -> list[str]:
@@ -232,7 +223,7 @@ class ShardDataset(IterableDataset):
                 urls = rng.sample(urls, len(urls))
         else:
             urls, keep_every = self.shards, slots
-        samples = tarfile_samples(({"url": u} for u in urls), handler=self.handler)
+        samples = stream_samples(urls, self.handler)
         if keep_every > 1:
             samples = (s for i, s in enumerate(samples) if i % keep_every == slot)
         if self.shuffle_buffer > 1:
@@ -270,7 +261,7 @@ class ShardDataset(IterableDataset):
         frames = torch.from_numpy(np.stack([decode_jpeg(j) for j in jpegs])).permute(0, 3, 1, 2)
         if self.augment is not None:
             return self.augment(frames, rng)
-        return resize_uint8(frames, self.image_size), False
+        return resize_square(frames, self.image_size), False
 
     def _action(self, value) -> np.ndarray:
         if value is None:
@@ -311,13 +302,16 @@ class ShardDataset(IterableDataset):
     def _decode_low_level(self, sample: dict, rng: random.Random) -> dict:
         meta = json.loads(sample["json"]) if "json" in sample else {}
         frames, _ = self._images([sample["image.jpg"]], rng)
-        return {
+        out = {
             "image": frames[0],
             "text": sample["txt"].decode("utf-8"),
             "action": self._action(decode_npy(sample["action.npy"])),
             "key": sample["__key__"],
             "episode_id": str(meta.get("episode_id", "")),
         }
+        if "state.npy" in sample:  # demonstrations built with data.sharding.state_keys
+            out["state"] = decode_npy(sample["state.npy"]).astype(np.float32).reshape(-1)
+        return out
 
     def _batches(self, samples):
         batch: list[dict] = []

@@ -9,14 +9,17 @@ Inside directories ``<video>.txt`` files are instruction sidecars, not lists.
 from __future__ import annotations
 
 import glob
+import os
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from lapa.data.episode import Episode
-from lapa.data.samples import center_crop, resize_crop, resized_shape
+from lapa.data.images import resize_crop, to_uint8_rgb
+from lapa.data.video import VideoReader, select_on_time_grid
 
 VIDEO_EXTS = {".mp4", ".webm", ".avi", ".mkv", ".mov"}
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
@@ -24,11 +27,17 @@ IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
 
 @dataclass(frozen=True)
 class Source:
-    """One input: ``kind`` is video | images | lerobot; ``episode_id`` names video/image episodes."""
+    """One input: ``kind`` is video | images | lerobot; ``episode_id`` names video/image episodes
+    (the path relative to the input it was found under, without extension: it decides the split)."""
 
     path: str
     kind: str
     episode_id: str = ""
+
+    @property
+    def uid(self) -> str:
+        """The source's identity for sample keys: its path as found (normalised), extension included."""
+        return os.path.normpath(self.path)
 
 
 def _natural_key(name: str):
@@ -129,82 +138,107 @@ def _sidecar_instruction(*candidates: Path) -> str | None:
     return None
 
 
-def read_video(path: str, episode_id: str, *, fps: float | None, resize: int, crop: int) -> Episode:
-    """Decode a video with PyAV at ``fps`` (native when None), shorter side to ``resize``, centre ``crop``."""
-    import av
+def source_instruction(source: Source) -> str | None:
+    """A video's ``<video>.txt``; an image folder's ``instruction.txt`` or ``<folder>.txt``."""
+    p = Path(source.path)
+    if source.kind == "images":
+        return _sidecar_instruction(p / "instruction.txt", p.with_suffix(".txt"))
+    return _sidecar_instruction(p.with_suffix(".txt"))
+
+
+@dataclass
+class SourceFrame:
+    """A frame kept from a file source: ``index`` its number in the file (decode order or image
+    order), ``time`` its presentation time in seconds, ``image`` uint8 [crop,crop,3]."""
+
+    index: int
+    time: float
+    image: np.ndarray
+
+
+def iter_video_frames(path: str, *, fps: float | None, resize: int, crop: int) -> Iterator[SourceFrame]:
+    """Frames of a video sampled by presentation time at ``fps`` (every frame when None), as players
+    show them (display rotation applied), shorter side to ``resize`` then the centre ``crop``.
+
+    One decoded frame is held at a time. Raises ValueError naming the file when it cannot be
+    opened or decoded or holds no frames.
+    """
+    with VideoReader(path) as reader:
+        kept = select_on_time_grid(
+            reader.frames(), fps, time_of=lambda f: f.time, end_of=lambda f: f.time + f.duration
+        )
+        n = 0
+        for f in kept:
+            n += 1
+            yield SourceFrame(f.index, f.time, np.ascontiguousarray(resize_crop(f.rgb(), resize, crop)))
+        if n == 0:
+            raise ValueError(f"{path}: the video has no frames")
+
+
+def read_image(file: Path) -> np.ndarray:
+    """One image file as uint8 RGB [H,W,3] (16-bit and float images scaled by ``to_uint8_rgb``)."""
+    from PIL import Image, UnidentifiedImageError
 
     try:
-        container = av.open(path)
-    except (av.error.FFmpegError, OSError) as exc:
-        raise ValueError(f"{path}: cannot open video: {exc}") from exc
-    frames: list[np.ndarray] = []
-    kept: list[int] = []
-    try:
-        if not container.streams.video:
-            raise ValueError(f"{path}: no video stream")
-        stream = container.streams.video[0]
-        stream.thread_type = "AUTO"
-        rate = stream.average_rate or stream.guessed_rate
-        native = float(rate) if rate else None
-        size: tuple[int, int] | None = None
-        first_time: float | None = None
-        last_bucket = -1
-        try:
-            for i, frame in enumerate(container.decode(stream)):
-                t = float(frame.time) if frame.time is not None else (i / native if native else float(i))
-                if first_time is None:
-                    first_time = t
-                if fps is not None and native and fps < native:
-                    bucket = int(np.floor((t - first_time) * fps + 1e-3))
-                    if bucket <= last_bucket:
-                        continue
-                    last_bucket = bucket
-                if size is None:
-                    size = resized_shape(frame.height, frame.width, resize)
-                image = frame.to_ndarray(format="rgb24", width=size[1], height=size[0], interpolation="AREA")
-                frames.append(np.ascontiguousarray(center_crop(image, crop)))
-                kept.append(i)
-        except av.error.FFmpegError as exc:
-            raise ValueError(f"{path}: cannot decode video after {len(frames)} frames: {exc}") from exc
-    finally:
-        container.close()
+        with Image.open(file) as img:
+            return to_uint8_rgb(img)
+    except (UnidentifiedImageError, OSError) as exc:
+        raise ValueError(f"{file}: cannot read image: {exc}") from exc
+    except ValueError as exc:
+        raise ValueError(f"{file}: {exc}") from exc
+
+
+def iter_image_folder_frames(
+    path: str, *, fps: float | None, resize: int, crop: int
+) -> Iterator[SourceFrame]:
+    """Every image of a folder (natural order) is one frame, ``1/fps`` s apart (10 fps when None):
+    the folder carries no timing, so all images are kept."""
+    folder = Path(path)
+    files = _image_files(folder)
+    if not files:
+        raise ValueError(f"{folder}: no images")
+    dt = 1.0 / float(fps or 10.0)
+    for i, file in enumerate(files):
+        yield SourceFrame(i, i * dt, np.ascontiguousarray(resize_crop(read_image(file), resize, crop)))
+
+
+def iter_file_frames(source: Source, *, fps: float | None, resize: int, crop: int) -> Iterator[SourceFrame]:
+    if source.kind == "video":
+        return iter_video_frames(source.path, fps=fps, resize=resize, crop=crop)
+    if source.kind == "images":
+        return iter_image_folder_frames(source.path, fps=fps, resize=resize, crop=crop)
+    raise ValueError(f"{source.path}: not a file source ({source.kind})")
+
+
+def _collect(source: Source, *, fps: float | None, resize: int, crop: int, rate: float | None) -> Episode:
+    frames = list(iter_file_frames(source, fps=fps, resize=resize, crop=crop))
     if not frames:
-        raise ValueError(f"{path}: the video has no frames")
-    out_fps = fps if fps is not None and native and fps < native else (native or fps or 10.0)
-    p = Path(path)
+        raise ValueError(f"{source.path}: no frames")
     return Episode(
-        episode_id=episode_id,
-        frames=np.stack(frames),
-        fps=float(out_fps),
-        instruction=_sidecar_instruction(p.with_suffix(".txt")),
-        source=path,
-        meta={"native_fps": native, "native_frame_indices": kept},
+        episode_id=source.episode_id,
+        frames=np.stack([f.image for f in frames]),
+        fps=float(rate),
+        instruction=source_instruction(source),
+        source=source.path,
+        uid=source.uid,
+        timestamps=np.array([f.time for f in frames], dtype=np.float64),
+        meta={"native_frame_indices": [f.index for f in frames]},
     )
+
+
+def read_video(path: str, episode_id: str, *, fps: float | None, resize: int, crop: int) -> Episode:
+    """A whole video in memory (``iter_video_frames`` streams it): frames sampled by presentation
+    time at ``fps`` (native when None), oriented, resized and cropped."""
+    with VideoReader(path) as reader:
+        native = reader.native_fps
+    rate = fps if fps is not None else (native or 10.0)
+    return _collect(Source(path, "video", episode_id), fps=fps, resize=resize, crop=crop, rate=rate)
 
 
 def read_image_folder(path: str, episode_id: str, *, fps: float | None, resize: int, crop: int) -> Episode:
     """Every image of a folder (natural order) is one frame; instruction from ``instruction.txt`` or
     ``<folder>.txt``. The folder carries no timing, so all images are kept."""
-    from PIL import Image, UnidentifiedImageError
-
-    folder = Path(path)
-    frames = []
-    for file in _image_files(folder):
-        try:
-            with Image.open(file) as img:
-                image = np.asarray(img.convert("RGB"))
-        except (UnidentifiedImageError, OSError) as exc:
-            raise ValueError(f"{file}: cannot read image: {exc}") from exc
-        frames.append(np.ascontiguousarray(resize_crop(image, resize, crop)))
-    if not frames:
-        raise ValueError(f"{folder}: no images")
-    return Episode(
-        episode_id=episode_id,
-        frames=np.stack(frames),
-        fps=float(fps or 10.0),
-        instruction=_sidecar_instruction(folder / "instruction.txt", folder.with_suffix(".txt")),
-        source=str(folder),
-    )
+    return _collect(Source(path, "images", episode_id), fps=fps, resize=resize, crop=crop, rate=fps or 10.0)
 
 
 def read_file_source(source: Source, *, fps: float | None, resize: int, crop: int) -> Episode:

@@ -1,9 +1,8 @@
-"""LeRobot v3.0 datasets: write episodes into the layout, read them back as Episodes.
+"""Writing LeRobot v3.0 datasets: episodes (streamed, in order) into the layout LeRobot's own tools open.
 
-The layout follows LeRobot's ``CODEBASE_VERSION = "v3.0"``: many episodes per parquet and mp4
-file, with ``meta/episodes`` giving each episode's row range and video time span, so LeRobot's
-own tools can open what we write. Reading needs only pandas/pyarrow and PyAV (no ``lerobot``).
-Video is decoded sequentially per file, which is what a pass over the whole dataset wants.
+Many episodes share a parquet and an mp4 file, with ``meta/episodes`` giving each episode's row
+range and video time span; every row's ``timestamp`` is the presentation time of its frame in
+the episode's span. Needs only pyarrow/pandas and PyAV (no ``lerobot``).
 """
 
 from __future__ import annotations
@@ -11,7 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -19,32 +18,22 @@ from typing import Any
 import numpy as np
 
 from lapa.data.episode import Episode
+from lapa.data.lerobot.format import (
+    _INDEX_FEATURES,
+    ACTION_KEY,
+    CHUNKS_SIZE,
+    CODEBASE_VERSION,
+    DATA_PATH,
+    EPISODES_PATH,
+    INFO_PATH,
+    STATS_PATH,
+    SUCCESS_KEY,
+    TASKS_PATH,
+    VIDEO_PATH,
+)
 from lapa.utils.io import atomic_directory, atomic_write_json
 
 log = logging.getLogger(__name__)
-
-CODEBASE_VERSION = "v3.0"
-CHUNKS_SIZE = 1000  # files per chunk directory
-DATA_PATH = "data/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet"
-VIDEO_PATH = "videos/{video_key}/chunk-{chunk_index:03d}/file-{file_index:03d}.mp4"
-EPISODES_PATH = "meta/episodes/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet"
-INFO_PATH = "meta/info.json"
-TASKS_PATH = "meta/tasks.parquet"
-STATS_PATH = "meta/stats.json"
-ACTION_KEY = "action"
-SUCCESS_KEY = "next.success"
-
-_INDEX_FEATURES = {
-    "timestamp": {"dtype": "float32", "shape": [1], "names": None},
-    "frame_index": {"dtype": "int64", "shape": [1], "names": None},
-    "episode_index": {"dtype": "int64", "shape": [1], "names": None},
-    "index": {"dtype": "int64", "shape": [1], "names": None},
-    "task_index": {"dtype": "int64", "shape": [1], "names": None},
-}
-
-
-# ---------------------------------------------------------------------------------------------
-# writing
 
 
 def _next_file(chunk: int, file: int) -> tuple[int, int]:
@@ -416,259 +405,3 @@ def write_lerobot_dataset(
             atomic_write_json(tmp / rel, content() if callable(content) else content)
         info = writer.finish()
     return info
-
-
-# ---------------------------------------------------------------------------------------------
-# reading
-
-
-def load_info(root: str | os.PathLike) -> dict:
-    """``meta/info.json`` of a LeRobot dataset, checked to be v3."""
-    path = Path(root) / INFO_PATH
-    if not path.is_file():
-        raise FileNotFoundError(f"not a LeRobot dataset: {path} is missing")
-    try:
-        info = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ValueError(f"{path}: cannot read info.json: {exc}") from exc
-    version = str(info.get("codebase_version", ""))
-    if not version.startswith("v3"):
-        raise ValueError(f"{path}: codebase_version {version!r} is not supported (need v3.x)")
-    for key in ("fps", "features", "data_path"):
-        if key not in info:
-            raise ValueError(f"{path}: missing key {key!r}")
-    return info
-
-
-def _load_episodes_table(root: Path):
-    import pandas as pd
-
-    files = sorted((root / "meta" / "episodes").glob("chunk-*/file-*.parquet"))
-    if not files:
-        raise FileNotFoundError(f"{root / 'meta' / 'episodes'}: no episode metadata parquet files")
-    frames = []
-    for f in files:
-        try:
-            frames.append(pd.read_parquet(f))
-        except Exception as exc:
-            raise ValueError(f"{f}: cannot read episode metadata: {exc}") from exc
-    table = pd.concat(frames, ignore_index=True).sort_values("episode_index", kind="stable")
-    for col in ("episode_index", "length", "data/chunk_index", "data/file_index"):
-        if col not in table.columns:
-            raise ValueError(f"{files[0]}: episode metadata lacks column {col!r}")
-    return table.reset_index(drop=True)
-
-
-def _load_tasks(root: Path) -> dict[int, str]:
-    import pandas as pd
-
-    path = root / TASKS_PATH
-    if not path.is_file():
-        raise FileNotFoundError(f"not a LeRobot dataset: {path} is missing")
-    try:
-        df = pd.read_parquet(path)
-    except Exception as exc:
-        raise ValueError(f"{path}: cannot read tasks: {exc}") from exc
-    if "task" in df.columns:
-        names = df["task"].tolist()
-    else:
-        names = [str(x) for x in df.index.tolist()]
-    return {int(i): str(t) for i, t in zip(df["task_index"].tolist(), names)}
-
-
-class _FrameTable:
-    """The per-frame columns of one data parquet file, as numpy arrays."""
-
-    def __init__(self, path: Path) -> None:
-        import pyarrow.parquet as pq
-
-        if not path.is_file():
-            raise FileNotFoundError(f"LeRobot data file missing: {path}")
-        try:
-            table = pq.read_table(path)
-        except Exception as exc:
-            raise ValueError(f"{path}: cannot read parquet: {exc}") from exc
-        self.path = path
-        self.episode_index = table.column("episode_index").to_numpy()
-        self.frame_index = table.column("frame_index").to_numpy()
-        self.task_index = (
-            table.column("task_index").to_numpy() if "task_index" in table.column_names else None
-        )
-        self.actions = None
-        if ACTION_KEY in table.column_names:
-            col = table.column(ACTION_KEY).combine_chunks()
-            flat = col.flatten().to_numpy(zero_copy_only=False).astype(np.float32)
-            self.actions = flat.reshape(len(col), -1) if len(col) else flat.reshape(0, 0)
-        self.success = None
-        if SUCCESS_KEY in table.column_names:
-            self.success = np.asarray(table.column(SUCCESS_KEY).to_numpy(zero_copy_only=False)).astype(bool)
-            self.success = self.success.reshape(len(self.success), -1)[:, 0]
-
-    def episode(self, index: int, length: int) -> tuple[np.ndarray | None, np.ndarray | None, int | None]:
-        rows = np.nonzero(self.episode_index == index)[0]
-        rows = rows[np.argsort(self.frame_index[rows], kind="stable")]
-        if len(rows) != length:
-            raise ValueError(
-                f"{self.path}: episode {index} has {len(rows)} frames, meta/episodes says {length}"
-            )
-        actions = None if self.actions is None else self.actions[rows]
-        if actions is not None and not np.isfinite(actions).all():
-            raise ValueError(f"{self.path}: episode {index} has NaN or infinite actions")
-        success = None if self.success is None else self.success[rows]
-        task_index = None if self.task_index is None or not len(rows) else int(self.task_index[rows[0]])
-        return actions, success, task_index
-
-
-class _SequentialVideo:
-    """Decodes one mp4 front to back, handing out the frames of consecutive time spans."""
-
-    def __init__(self, path: Path, fps: float) -> None:
-        import av
-
-        if not path.is_file():
-            raise FileNotFoundError(f"LeRobot video file missing: {path}")
-        self.path, self.fps = path, fps
-        try:
-            self.container = av.open(str(path))
-            stream = self.container.streams.video[0]
-        except Exception as exc:
-            raise ValueError(f"{path}: cannot open video: {exc}") from exc
-        stream.thread_type = "AUTO"
-        self._frames = self.container.decode(stream)
-        self._pending = None  # a decoded frame not yet handed out
-        self.position = 0.0  # time of the next frame to hand out
-
-    def _next(self):
-        if self._pending is not None:
-            frame, self._pending = self._pending, None
-            return frame
-        try:
-            return next(self._frames)
-        except StopIteration:
-            return None
-        except Exception as exc:
-            raise ValueError(f"{self.path}: corrupt video: {exc}") from exc
-
-    def read(self, start: float, length: int, episode: int) -> np.ndarray:
-        half = 0.5 / self.fps
-        out: list[np.ndarray] = []
-        while len(out) < length:
-            frame = self._next()
-            if frame is None:
-                raise ValueError(
-                    f"{self.path}: video ends after {len(out)} of the {length} frames of episode {episode} "
-                    f"(from t={start:.3f}s)"
-                )
-            t = float(frame.time) if frame.time is not None else 0.0
-            if t < start - half:
-                continue
-            out.append(frame.to_ndarray(format="rgb24"))
-            self.position = t + 1.0 / self.fps
-        return np.stack(out)
-
-    def close(self) -> None:
-        self.container.close()
-
-
-def read_lerobot_dataset(root: str | os.PathLike, *, camera_key: str | None = None) -> Iterator[Episode]:
-    """Yield the episodes of a LeRobot v3 dataset in episode order.
-
-    ``camera_key`` picks the video feature (default: ``observation.image`` if present, else the
-    first video feature). Episode ids are ``<dataset dir name>/<episode_index>``.
-    """
-    root = Path(root)
-    info = load_info(root)
-    fps = float(info["fps"])
-    features = info["features"]
-    video_keys = [k for k, f in features.items() if f.get("dtype") == "video"]
-    if camera_key is None:
-        if not video_keys:
-            raise ValueError(
-                f"{root / INFO_PATH}: no video features (image-in-parquet datasets are not supported)"
-            )
-        camera_key = "observation.image" if "observation.image" in video_keys else video_keys[0]
-    elif camera_key not in video_keys:
-        raise ValueError(f"{root / INFO_PATH}: no video feature {camera_key!r} (have {video_keys})")
-    video_path = info.get("video_path")
-    if not video_path:
-        raise ValueError(f"{root / INFO_PATH}: video_path is not set")
-    episodes = _load_episodes_table(root)
-    for col in ("chunk_index", "file_index", "from_timestamp"):
-        if f"videos/{camera_key}/{col}" not in episodes.columns:
-            raise ValueError(f"{root}/meta/episodes: no column videos/{camera_key}/{col}")
-    tasks = _load_tasks(root)
-    name = root.name
-
-    table: _FrameTable | None = None
-    videos: dict[Path, _SequentialVideo] = {}
-    try:
-        for row in episodes.to_dict("records"):
-            index, length = int(row["episode_index"]), int(row["length"])
-            data_path = root / info["data_path"].format(
-                chunk_index=int(row["data/chunk_index"]), file_index=int(row["data/file_index"])
-            )
-            if table is None or table.path != data_path:
-                table = _FrameTable(data_path)
-            actions, success, task_index = table.episode(index, length)
-
-            vpath = root / video_path.format(
-                video_key=camera_key,
-                chunk_index=int(row[f"videos/{camera_key}/chunk_index"]),
-                file_index=int(row[f"videos/{camera_key}/file_index"]),
-            )
-            start = float(row[f"videos/{camera_key}/from_timestamp"])
-            video = videos.get(vpath)
-            if video is None or video.position > start + 0.5 / fps:  # (re)open to go back in time
-                if video is not None:
-                    video.close()
-                # keep one decoder open: files are visited in order when written sequentially
-                for other in videos.values():
-                    if other is not video:
-                        other.close()
-                videos = {vpath: _SequentialVideo(vpath, fps)}
-                video = videos[vpath]
-            frames = video.read(start, length, index)
-
-            ep_tasks = row.get("tasks")
-            instruction = None
-            if task_index is not None and task_index in tasks:
-                instruction = tasks[task_index]
-            elif ep_tasks is not None and len(ep_tasks):
-                instruction = str(ep_tasks[0])
-            meta: dict[str, Any] = {"episode_index": index}
-            raw_meta = row.get("meta_json")
-            if isinstance(raw_meta, str) and raw_meta:
-                meta.update(json.loads(raw_meta))
-            source_id = row.get("source_episode_id")
-            if isinstance(source_id, str):
-                meta["source_episode_id"] = source_id
-            task_name = row.get("task_name")
-            yield Episode(
-                episode_id=f"{name}/{index}",
-                frames=frames,
-                fps=fps,
-                instruction=instruction,
-                task=task_name if isinstance(task_name, str) else None,
-                actions=actions,
-                success=success,
-                source=str(vpath),
-                meta=meta,
-            )
-    finally:
-        for video in videos.values():
-            video.close()
-
-
-def dataset_summary(root: str | os.PathLike) -> dict:
-    """Counts from info.json without decoding video (for logs and manifests)."""
-    info = load_info(root)
-    return {k: info.get(k) for k in ("total_episodes", "total_frames", "total_tasks", "fps")}
-
-
-__all__ = [
-    "CODEBASE_VERSION",
-    "dataset_summary",
-    "load_info",
-    "read_lerobot_dataset",
-    "write_lerobot_dataset",
-]
