@@ -246,3 +246,35 @@ def test_help_documents_arm_and_seed_labels():
     text = sub.choices["results"].format_help()
     assert "[ARM[@SEED]=]DIR" in text and "lapa@1=" in text and "seed<N>" in text
     assert "Cochran-Mantel-Haenszel" in text and "step cap" in text
+
+
+def test_offline_bin_accuracy_sits_beside_its_chance_level(tmp_path):
+    from lapa.data.action_codec import ActionStats
+    from lapa.evaluation.metrics import ActionMetrics
+
+    rng = np.random.default_rng(0)
+    actions = np.column_stack([rng.uniform(-1, 1, 400), np.where(np.arange(400) < 300, -1.0, 1.0)])
+    stats = ActionStats.from_actions(actions, num_bins=16)
+    m = ActionMetrics(stats)
+    for chunk in np.array_split(actions, 3):  # accumulated over batches
+        m.update(np.zeros((len(chunk), 2), dtype=np.int64), chunk)
+    result = m.compute()
+    commonest = np.bincount(stats.quantize(actions)[:, 0], minlength=16).max() / 400
+    assert result["bin_accuracy_chance_per_dim"] == pytest.approx([commonest, 0.75])
+    assert result["bin_accuracy_per_dim"][1] == pytest.approx(0.75)  # always "open" scores chance
+
+    inputs = []
+    for arm in ("scratch", "lapa"):
+        d = tmp_path / "eval" / arm / "offline"
+        d.mkdir(parents=True)
+        (d / "metrics.json").write_text(json.dumps(result))
+        inputs.append(str(d))
+    write_results(inputs, tmp_path / "out")
+    rows = list(csv.DictReader((tmp_path / "out" / "offline.csv").open()))
+    assert float(rows[0]["bin_accuracy_chance"]) == pytest.approx(result["bin_accuracy_chance"])
+    assert "chance (commonest bin)" in (tmp_path / "out" / "results.md").read_text()
+    odd = tmp_path / "eval" / "action_pretrained" / "offline"
+    odd.mkdir(parents=True)
+    (odd / "metrics.json").write_text(json.dumps({**result, "num_samples": 12}))
+    with pytest.raises(ValueError, match=r"arm 'action_pretrained'.*num_samples=12"):
+        write_results([*inputs, str(odd)], tmp_path / "out2")

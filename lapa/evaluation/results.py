@@ -500,14 +500,18 @@ def render_markdown(
             "Offline, on held-out demonstrations (actions normalised to [-1, 1]; mean over "
             "finetuning seeds):",
             "",
-            "| arm | mean MSE | bin accuracy | seeds |",
-            "|---|---|---|---|",
+            "| arm | mean MSE | bin accuracy | chance (commonest bin) | seeds |",
+            "|---|---|---|---|---|",
         ]
         for a in off_arms:
             runs = list(arms[a].offline.values())
             mse = float(np.mean([o["mse"] for o in runs]))
             acc = float(np.mean([o["bin_accuracy"] for o in runs]))
-            lines.append(f"| {a} | {mse:.4f} | {acc:.3f} | {len(runs)} |")
+            chance = [
+                o["bin_accuracy_chance"] for o in runs if _num(o.get("bin_accuracy_chance")) is not None
+            ]
+            chance_cell = f"{np.mean(chance):.3f}" if chance else "n/a"
+            lines.append(f"| {a} | {mse:.4f} | {acc:.3f} | {chance_cell} | {len(runs)} |")
         lines.append("")
     if laq:
         lines += [
@@ -569,7 +573,13 @@ def write_results(
     by_seed = seed_rows(arms)
     comparison = comparison_rows(arms)
     offline = [
-        {"arm": a, "seed": s, "mse": o["mse"], "bin_accuracy": o["bin_accuracy"]}
+        {
+            "arm": a,
+            "seed": s,
+            "mse": o["mse"],
+            "bin_accuracy": o["bin_accuracy"],
+            "bin_accuracy_chance": o.get("bin_accuracy_chance"),
+        }
         for a, r in arms.items()
         for s, o in sorted(r.offline.items(), key=lambda kv: _seed_key(kv[0]))
     ]
@@ -592,7 +602,9 @@ def write_results(
             "episodes_per_arm",
         ]
         atomic_write_text(tmp / "comparison.csv", _csv(comparison, comp_fields))
-        atomic_write_text(tmp / "offline.csv", _csv(offline, ["arm", "seed", "mse", "bin_accuracy"]))
+        atomic_write_text(
+            tmp / "offline.csv", _csv(offline, ["arm", "seed", "mse", "bin_accuracy", "bin_accuracy_chance"])
+        )
         laq_fields = ["source", "metric", "value", "ci_low", "ci_high", "p_value", "chance", "chance_is"]
         atomic_write_text(tmp / "laq_diagnostics.csv", _csv(laq, laq_fields))
         found_fields = ["arm", "top1", "chance_uniform", "chance_majority", "top3", "vocab_size", "samples"]
