@@ -152,3 +152,38 @@ def test_eval_offline_writes_metrics_and_plot(policy_setup, tmp_path):
     assert 1 <= len(metrics["plotted_episodes"]) <= 3
     assert (out / "actions.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not list(tmp_path.glob(".eval.tmp-*"))
+
+
+def test_instruction_tokens_are_remembered_within_a_bound(policy, monkeypatch):
+    import lapa.policy.policy as module
+
+    monkeypatch.setattr(module, "TEXT_CACHE_SIZE", 3)
+    policy._text_cache.clear()
+    texts = ["open the drawer", "push the block to the goal"]
+    ids, mask = policy.text_inputs(texts)
+    ref_ids, ref_mask = policy.processor.text(texts)
+    torch.testing.assert_close(ids, ref_ids, rtol=0, atol=0)
+    torch.testing.assert_close(mask, ref_mask, rtol=0, atol=0)
+    calls = []
+    tokenize = policy.processor.text
+    monkeypatch.setattr(policy.processor, "text", lambda t: calls.append(list(t)) or tokenize(t))
+    assert policy.text_inputs(texts)[0] is ids and calls == []  # the second time: no tokenising
+    for i in range(5):
+        policy.text_inputs([f"task number {i}"])
+    assert len(policy._text_cache) == 3 and len(calls) == 5
+
+
+def test_predict_scales_16_bit_and_float_images_to_8_bits(policy):
+    rng = np.random.default_rng(4)
+    image = rng.integers(0, 256, (70, 90, 3), dtype=np.uint8)
+    expected = policy.predict(image, "open the drawer")
+    assert not np.array_equal(expected, policy.predict(np.full_like(image, 255), "open the drawer"))
+    wide = image.astype(np.uint16) * 257  # 16-bit value v * 257 is 8-bit value v
+    np.testing.assert_array_equal(policy.predict(wide, "open the drawer"), expected)
+    np.testing.assert_array_equal(
+        policy.predict(Image.fromarray(wide[..., 0]), "open the drawer"),
+        policy.predict(np.repeat(image[..., :1], 3, -1), "open the drawer"),
+    )
+    np.testing.assert_array_equal(policy.predict(image / 255.0, "open the drawer"), expected)
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        policy.predict(image.astype(np.float32), "open the drawer")  # float beyond [0, 1]: refused

@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -105,6 +106,7 @@ def save_policy(
 BACKENDS = ("torch", "onnx")
 ONNX_FILE = "model.onnx"  # an exported graph inside the policy directory is used as it is
 FINGERPRINT_KEY = "lapa.policy_fingerprint"  # ONNX metadata: the weights the graph was exported from
+TEXT_CACHE_SIZE = 1024  # batches of instructions whose token ids a policy remembers
 
 
 def policy_fingerprint(path: str | os.PathLike) -> str:
@@ -233,6 +235,8 @@ class LAPAPolicy:
         self.path = path
         self.device = torch.device(device)
         self.processor = VLAProcessor(tokenizer, preprocessor["image_size"], preprocessor["max_text_tokens"])
+        self._text_cache: dict[tuple[str, ...], tuple[torch.Tensor, torch.Tensor]] = {}
+        self._text_lock = threading.Lock()
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -341,10 +345,31 @@ class LAPAPolicy:
         return torch.stack(out)
 
     # ------------------------------------------------------------------ inference
+    def text_inputs(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """``VLAProcessor.text`` of a batch of instructions (input_ids, attention_mask: int64 [B, L]).
+
+        Remembered per batch of instructions (the last ``TEXT_CACHE_SIZE``): a robot repeats its
+        instruction at every step, so tokenising it once is enough. Thread-safe.
+        """
+        key = tuple(texts)
+        with self._text_lock:
+            hit = self._text_cache.get(key)
+        if hit is None:
+            hit = self.processor.text(list(key))
+            with self._text_lock:
+                while len(self._text_cache) >= TEXT_CACHE_SIZE:
+                    self._text_cache.pop(next(iter(self._text_cache)))
+                self._text_cache[key] = hit
+        return hit
+
     @torch.inference_mode()
     def logits_from_tensors(self, images_uint8: torch.Tensor, texts: Sequence[str]) -> torch.Tensor:
         """The training batch path: loader images [B,3,H,W] + instructions -> logits [B, A, bins]."""
-        inputs = self.processor(images_uint8, list(texts))
+        images = self.processor.images(images_uint8)
+        input_ids, attention_mask = self.text_inputs(texts)
+        if images.shape[0] != input_ids.shape[0]:
+            raise ValueError(f"{images.shape[0]} images but {input_ids.shape[0]} instructions")
+        inputs = {"images": images, "input_ids": input_ids, "attention_mask": attention_mask}
         if self.session is not None:
             feed = {k: inputs[k].numpy() for k in INPUT_NAMES}
             return torch.from_numpy(self.session.run(["logits"], feed)[0])
