@@ -88,6 +88,20 @@ def test_local_profile_runs_tiny_to_completion_and_reports(tmp_path):
     run_snakemake(tmp_path, "--report", str(tmp_path / "report.html"), config=TINY, timeout=300)
     html = (tmp_path / "report.html").read_text(errors="replace")
     assert "laq.recon.png" in html and "results.csv" in html
+    # the curves read declared outputs: without the scratch folders they build again, alone
+    assert list((results / "laq" / "laq.logs").rglob("*.csv"))
+    shutil.rmtree(results / "work")
+    shutil.rmtree(results / "curves")
+    plan = run_snakemake(tmp_path, "-n", config=TINY).stdout
+    assert planned_jobs(plan) == {"plot_curves": 1}, plan
+    run_snakemake(tmp_path, "--cores", "1", config=TINY, timeout=300)
+    figures = {p.stem for p in (results / "curves").glob("*.png")}
+    assert figures == {
+        "laq",
+        "foundation_lapa",
+        "foundation_action_pretrained",
+        *(f"finetune_{a}" for a in arms),
+    }
 
 
 @pytest.mark.slow
@@ -133,3 +147,32 @@ def test_slurm_failing_job_fails_the_run_and_leaves_no_output(tmp_path):
     assert proc.returncode != 0, out
     assert "Error in rule shards_pairs" in out, out[-3000:]
     assert not (tmp_path / "work" / "results" / "tiny" / "shards" / "pairs").exists()
+
+
+@pytest.mark.slow
+@needs_stages
+def test_other_videos_train_another_laq(tmp_path, coded_frames, write_video):
+    """Changing data.videos rebuilds the pair shards, and train_laq, whose params did not change,
+    trains on them in a fresh run instead of returning the LAQ of the first videos."""
+    frames = coded_frames(20, height=64, width=64)
+    for i in range(3):
+        write_video(tmp_path / "videos" / "a" / f"clip{i}.mp4", frames[i:])
+        write_video(tmp_path / "videos" / "b" / f"clip{i}.mp4", frames[::-1][i:])
+    work = tmp_path / "work"
+    results = work / "results" / "tiny"
+    target = "results/tiny/laq/laq.ckpt"
+
+    def train(folder: str) -> tuple[bytes, dict, list[str]]:
+        overrides = ["data.source=videos", f"data.videos=[{tmp_path}/videos/{folder}/*.mp4]"]
+        run_snakemake(work, "--cores", "2", target, config=TINY, overrides=overrides, timeout=900)
+        logs = sorted(str(p.relative_to(results)) for p in (results / "laq" / "laq.logs").rglob("*.csv"))
+        metrics = json.loads((results / "laq" / "laq.metrics.json").read_text())
+        return (results / "laq" / "laq.ckpt").read_bytes(), metrics, logs
+
+    first, first_metrics, first_logs = train("a")
+    second, second_metrics, second_logs = train("b")
+    assert first != second
+    assert first_metrics["run_identity"] != second_metrics["run_identity"]
+    # the same work folder (same params) holds both runs; the declared logs are the second run's only
+    assert len(list((results / "work" / "laq").glob("*/*/identity.json"))) == 2
+    assert len(second_logs) == len(first_logs) >= 1
