@@ -114,9 +114,9 @@ def select_on_time_grid(
     within half a grid step (each item at most once; ties go to the earlier item).
 
     ``t0`` is the first item's time; grid times at or after the end of the last item (its time
-    plus its duration, ``end_of``) are not sampled. With ``fps=None`` every item is kept. Items
-    must come in increasing time (decoders hand frames out in presentation order). A variable
-    frame rate is handled like any other: only the times count.
+    plus the interval before it, or ``end_of`` for a single item) are not sampled. With
+    ``fps=None`` every item is kept. Items must come in increasing time (decoders hand frames out
+    in presentation order). A variable frame rate is handled like any other: only times count.
     """
     if fps is None:
         yield from items
@@ -130,9 +130,12 @@ def select_on_time_grid(
     best: T | None = None  # the nearest item so far to grid time k
     best_gap = math.inf
     last: T | None = None
+    last_dt: float | None = None
     for item in items:
-        last = item
         t = time_of(item)
+        if last is not None:
+            last_dt = t - time_of(last)
+        last = item
         if t0 is None:
             t0 = t
         while True:
@@ -156,5 +159,6 @@ def select_on_time_grid(
             # after the window of grid time k (a gap in the stream): move the grid on
             k = max(k + 1, math.ceil((t - tol - t0) / step - 1e-9))
     if best is not None and last is not None and t0 is not None:
-        if t0 + k * step < end_of(last) - 1e-6:
+        end = time_of(last) + last_dt if last_dt is not None else end_of(last)
+        if t0 + k * step < end - 1e-6:
             yield best
