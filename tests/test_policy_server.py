@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import base64
 import io
+import threading
+import time
 
 import httpx
 import numpy as np
@@ -125,3 +127,199 @@ def test_still_serving_after_bad_requests(served):
     assert r.status_code == 200 and len(r.json()["action"]) == 4
     health = client.get("/health").json()
     assert health["status"] == "ok" and health["errors"] >= 1
+
+
+# ---------------------------------------------------------------------------------------------
+# batching
+
+
+class GatedPolicy:
+    """The real policy, whose forward pass waits while the test holds the gate closed."""
+
+    def __init__(self, policy) -> None:
+        self.policy = policy
+        self.action_dim = policy.action_dim
+        self.backend = policy.backend
+        self.gate = threading.Event()
+        self.gate.set()
+
+    def prepare_images(self, images):
+        return self.policy.prepare_images(images)
+
+    def predict_prepared(self, images, texts):
+        assert self.gate.wait(60), "the test never opened the gate"
+        return self.policy.predict_prepared(images, texts)
+
+
+def _observations(count: int, seed: int = 0) -> list[tuple[np.ndarray, str]]:
+    rng = np.random.default_rng(seed)
+    texts = ["open the drawer", "push the block to the goal", "reach the red target", "close it"]
+    return [
+        (rng.integers(0, 256, (int(rng.integers(48, 120)), 80, 3), dtype=np.uint8), texts[i % len(texts)])
+        for i in range(count)
+    ]
+
+
+def _post(client: httpx.Client, image: np.ndarray, text: str) -> httpx.Response:
+    return client.post(
+        "/act", files={"image": ("f.png", _encode(image, "PNG"), "image/png")}, data={"instruction": text}
+    )
+
+
+def _post_once(url: str, image: np.ndarray, text: str) -> httpx.Response:
+    with httpx.Client(base_url=url, timeout=60.0) as client:
+        return _post(client, image, text)
+
+
+def _wait_for(client: httpx.Client, **expected) -> dict:
+    deadline = time.monotonic() + 30
+    while True:
+        health = client.get("/health").json()
+        if all(health[k] == v for k, v in expected.items()):
+            return health
+        assert time.monotonic() < deadline, (expected, health)
+        time.sleep(0.01)
+
+
+def _in_threads(fn, items) -> list:
+    results: list = [None] * len(items)
+
+    def run(i):
+        results[i] = fn(*items[i])
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(items))]
+    for t in threads:
+        t.start()
+    return threads, results
+
+
+def test_concurrent_requests_each_get_the_action_of_their_own_input(served):
+    policy, client = served
+    observations = _observations(32)
+    expected = [policy.predict(image, text) for image, text in observations]
+    assert len({tuple(a) for a in expected}) > 4  # the inputs give different actions: a mix-up would show
+    url = str(client.base_url)
+    before = client.get("/health").json()
+
+    def ask(i: int) -> list:
+        with httpx.Client(base_url=url, timeout=60.0) as own:
+            return [(j, _post(own, *observations[j])) for j in range(i, len(observations), 8)]
+
+    threads, results = _in_threads(ask, [(i,) for i in range(8)])
+    for t in threads:
+        t.join()
+    answered = [pair for chunk in results for pair in chunk]
+    assert len(answered) == len(observations)
+    for j, r in answered:
+        assert r.status_code == 200, r.text
+        np.testing.assert_array_equal(np.asarray(r.json()["action"], np.float32), expected[j])
+    after = client.get("/health").json()
+    assert after["batched_requests"] - before["batched_requests"] == len(observations)
+
+
+def test_requests_that_arrive_while_the_model_is_busy_share_a_batch(served):
+    policy = GatedPolicy(served[0])
+    limits = ServeConfig(max_batch_size=4, max_queue=16, max_wait_ms=2.0)
+    observations = _observations(7, seed=1)
+    expected = [policy.policy.predict(image, text) for image, text in observations]
+    with (
+        running_server(create_app(policy, limits)) as url,
+        httpx.Client(base_url=url, timeout=60.0) as client,
+    ):
+        policy.gate.clear()
+        first, first_result = _in_threads(lambda i, t: _post_once(url, i, t), [observations[0]])
+        _wait_for(client, batches=1, queued=0)  # the model holds the first request
+        rest, rest_results = _in_threads(lambda i, t: _post_once(url, i, t), observations[1:])
+        _wait_for(client, queued=6, preparing=0)
+        policy.gate.set()
+        for t in first + rest:
+            t.join()
+        health = client.get("/health").json()
+    for r, action in zip(first_result + rest_results, expected):
+        assert r.status_code == 200, r.text
+        np.testing.assert_array_equal(np.asarray(r.json()["action"], np.float32), action)
+    # 1 + 6 requests: the lone first one, then a full batch of 4 and the remaining 2
+    assert (health["batches"], health["largest_batch"], health["batched_requests"]) == (3, 4, 7)
+
+
+def test_a_full_queue_answers_503_and_the_server_recovers(served):
+    policy = GatedPolicy(served[0])
+    limits = ServeConfig(max_batch_size=1, max_queue=2)
+    image, text = _observations(1, seed=2)[0]
+    with (
+        running_server(create_app(policy, limits)) as url,
+        httpx.Client(base_url=url, timeout=60.0) as client,
+    ):
+        policy.gate.clear()
+        held, held_results = _in_threads(lambda i, t: _post_once(url, i, t), [(image, text)])
+        _wait_for(client, batches=1)
+        waiting, waiting_results = _in_threads(lambda i, t: _post_once(url, i, t), [(image, text)] * 2)
+        _wait_for(client, queued=2, preparing=0)
+        r = _post(client, image, text)
+        assert r.status_code == 503 and r.headers["retry-after"] == "1"
+        assert "busy" in r.json()["detail"] and "serve.max_queue=2" in r.json()["detail"]
+        policy.gate.set()
+        for t in held + waiting:
+            t.join()
+        assert all(x.status_code == 200 for x in held_results + waiting_results)
+        assert _post(client, image, text).status_code == 200  # room again
+        assert client.get("/health").json()["busy"] == 1
+
+
+# ---------------------------------------------------------------------------------------------
+# 16-bit images
+
+
+def _png_rgb16(image: np.ndarray) -> bytes:
+    """A 48-bit RGB PNG (Pillow cannot write one): 16 bits per channel, big-endian rows."""
+    import struct
+    import zlib
+
+    h, w, _ = image.shape
+    raw = b"".join(b"\x00" + image[y].astype(">u2").tobytes() for y in range(h))
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", w, h, 16, 2, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(raw))
+        + chunk(b"IEND", b"")
+    )
+
+
+def test_16_bit_pngs_are_scaled_to_8_bits_not_saturated(served):
+    policy, client = served
+    rng = np.random.default_rng(3)
+    grey = rng.integers(0, 256, (64, 64), dtype=np.uint8)
+    expected = policy.predict(np.repeat(grey[..., None], 3, axis=-1), "open the drawer")
+    saturated = policy.predict(np.full((64, 64, 3), 255, np.uint8), "open the drawer")
+    assert not np.array_equal(expected, saturated)  # the old answer would fail this test
+    grey16 = Image.fromarray(grey.astype(np.uint16) * 257)
+    assert grey16.mode == "I;16"
+    r = client.post(
+        "/act",
+        files={"image": ("f.png", _encode_pil(grey16), "image/png")},
+        data={"instruction": "open the drawer"},
+    )
+    assert r.status_code == 200, r.text
+    np.testing.assert_array_equal(np.asarray(r.json()["action"], np.float32), expected)
+
+    rgb = rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    r = client.post(
+        "/act",
+        files={"image": ("f.png", _png_rgb16(rgb.astype(np.uint16) * 257), "image/png")},
+        data={"instruction": "push the block"},
+    )
+    assert r.status_code == 200, r.text
+    np.testing.assert_array_equal(
+        np.asarray(r.json()["action"], np.float32), policy.predict(rgb, "push the block")
+    )
+
+
+def _encode_pil(image) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return buf.getvalue()

@@ -15,7 +15,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "serve",
         help="serve a policy over HTTP (POST /act, GET /health)",
         description="Load a policy directory and answer POST /act (an image as multipart JPEG/PNG or base64 "
-        "JSON, and an instruction) with the continuous action as JSON. Settings: serve.* (limits, backend). "
+        "JSON, and an instruction) with the continuous action as JSON; concurrent requests are batched. "
+        "Settings: serve.* (limits, backend, max_batch_size, max_wait_ms, max_queue). "
         "Reads: policy directory. Writes: nothing (with --backend onnx and no DIR/model.onnx, the ONNX "
         "export cache beside the policy directory on first use).",
     )

@@ -4,24 +4,36 @@ Requests carry one image and an instruction, either as ``multipart/form-data`` (
 ``image``: JPEG/PNG bytes, ``instruction``: text) or as JSON (``{"image": base64, "instruction":
 ...}``). Every bad request (no instruction, bytes that are not an image, an image over the byte
 or pixel limit, a malformed body) is answered with a 4xx status and ``{"detail": message}``;
-the server keeps serving. Multipart bodies are parsed with the standard library's email parser,
-so no extra dependency is needed.
+the server keeps serving. 16-bit PNGs (grey ``I;16`` or 48-bit RGB) are scaled to 8 bits
+(``lapa.data.images.to_uint8_rgb``), never clipped.
+
+Concurrent requests are batched. Each request is parsed, decoded and preprocessed in a worker
+thread of its own (these steps run in parallel), then waits in a bounded queue for the model;
+one model thread takes up to ``serve.max_batch_size`` waiting requests at a time and answers
+them with one forward pass, each with the row of its own input. When the model is free and
+requests are still being decoded, it waits at most ``serve.max_wait_ms`` for them to join the
+batch; a lone client never waits. Beyond ``serve.max_queue`` requests admitted and not yet in a
+batch, new requests get 503 at once (before their image is decoded).
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
+import collections
 import contextlib
 import io
 import json
 import logging
+import quopri
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future
 from email import policy as email_policy
-from email.parser import BytesParser
+from email.parser import BytesHeaderParser
 from typing import Any, Protocol
 
 import numpy as np
@@ -35,7 +47,9 @@ log = logging.getLogger(__name__)
 class Policy(Protocol):
     action_dim: int
 
-    def predict(self, image: Any, instruction: str) -> np.ndarray: ...
+    def prepare_images(self, images: Sequence[Any]) -> Any: ...
+
+    def predict_prepared(self, images: Any, instructions: Sequence[str]) -> np.ndarray: ...
 
 
 class RequestError(Exception):
@@ -48,8 +62,14 @@ class RequestError(Exception):
 
 
 def decode_image(data: bytes, limits: ServeConfig) -> np.ndarray:
-    """JPEG/PNG bytes -> uint8 HWC RGB, refusing oversized images before decoding the pixels."""
+    """JPEG/PNG bytes -> uint8 HWC RGB, refusing oversized images before decoding the pixels.
+
+    16-bit greyscale PNGs (PIL mode ``I;16``) are scaled by 255/65535, 48-bit RGB ones reduced to
+    their high byte (Pillow's decoding); an image lapa cannot scale to 8 bits gets a 415.
+    """
     from PIL import Image, UnidentifiedImageError
+
+    from lapa.data.images import ImageFormatError, to_uint8_rgb
 
     if not data:
         raise RequestError(422, "the image is empty")
@@ -69,10 +89,13 @@ def decode_image(data: bytes, limits: ServeConfig) -> np.ndarray:
             413, f"image of {width}x{height} pixels exceeds the limit of {limits.max_image_pixels} pixels"
         )
     try:
-        rgb = img.convert("RGB")
+        img.load()
     except (OSError, ValueError, Image.DecompressionBombError) as exc:
         raise RequestError(400, f"the image could not be decoded: {exc}") from exc
-    return np.asarray(rgb, dtype=np.uint8)
+    try:
+        return to_uint8_rgb(img)
+    except ImageFormatError as exc:
+        raise RequestError(415, f"unsupported {img.format} image (mode {img.mode}): {exc}") from exc
 
 
 def _check_instruction(value: Any, limits: ServeConfig) -> str:
@@ -111,18 +134,57 @@ def parse_json_body(body: bytes, limits: ServeConfig) -> tuple[bytes, str]:
     return data, instruction
 
 
-def parse_multipart_body(body: bytes, content_type: str, limits: ServeConfig) -> tuple[bytes, str]:
-    head = f"Content-Type: {content_type}\r\nMIME-Version: 1.0\r\n\r\n".encode("latin-1")
-    message = BytesParser(policy=email_policy.HTTP).parsebytes(head + body)
-    if not message.is_multipart():
-        raise RequestError(400, "malformed multipart body")
+_HEADERS = BytesHeaderParser(policy=email_policy.HTTP)
+
+
+def multipart_fields(body: bytes, content_type: str) -> dict[str, bytes]:
+    """The named fields of a ``multipart/form-data`` body (RFC 7578), by name.
+
+    Parts are delimited with ``bytes.find`` (the payload is never scanned line by line, so a
+    megabyte image costs about a copy); each part's header block goes through the standard
+    library's header parser. Raises RequestError(400) for a body that is not well formed.
+    """
+    boundary = _HEADERS.parsebytes(f"Content-Type: {content_type}\r\n\r\n".encode("latin-1")).get_param(
+        "boundary"
+    )
+    if not boundary or not isinstance(boundary, str):
+        raise RequestError(400, "malformed multipart body: the content type names no boundary")
+    delimiter = b"--" + boundary.encode("latin-1")
+    pos = body.find(delimiter)
+    if pos < 0:
+        raise RequestError(400, "malformed multipart body: no part delimiter")
     fields: dict[str, bytes] = {}
-    for part in message.iter_parts():
-        name = part.get_param("name", header="content-disposition")
-        if name:
-            fields[name] = part.get_payload(decode=True) or b""
-    if message.defects and not fields:
-        raise RequestError(400, f"malformed multipart body: {message.defects[0]!r}")
+    pos += len(delimiter)
+    while not body.startswith(b"--", pos):  # the close delimiter ends the body
+        line_end = body.find(b"\r\n", pos)
+        if line_end < 0 or body[pos:line_end].strip(b" \t"):
+            raise RequestError(400, "malformed multipart body: a delimiter line does not end")
+        headers_end = body.find(b"\r\n\r\n", line_end)
+        if headers_end < 0:
+            raise RequestError(400, "malformed multipart body: a part's headers do not end")
+        content_start = headers_end + 4
+        next_delimiter = body.find(b"\r\n" + delimiter, content_start)
+        if next_delimiter < 0:
+            raise RequestError(400, "malformed multipart body: a part is not closed by the boundary")
+        headers = _HEADERS.parsebytes(body[line_end + 2 : content_start])
+        name = headers.get_param("name", header="content-disposition")
+        content = body[content_start:next_delimiter]
+        encoding = str(headers.get("content-transfer-encoding", "")).strip().lower()
+        if encoding == "base64":
+            try:
+                content = base64.b64decode(content)
+            except (binascii.Error, ValueError) as exc:
+                raise RequestError(400, f"multipart field {name!r} is not valid base64: {exc}") from exc
+        elif encoding == "quoted-printable":
+            content = quopri.decodestring(content)
+        if isinstance(name, str) and name:
+            fields.setdefault(name, content)
+        pos = next_delimiter + 2 + len(delimiter)
+    return fields
+
+
+def parse_multipart_body(body: bytes, content_type: str, limits: ServeConfig) -> tuple[bytes, str]:
+    fields = multipart_fields(body, content_type)
     raw_instruction = fields.get("instruction")
     try:
         instruction = raw_instruction.decode("utf-8") if raw_instruction is not None else None
@@ -134,21 +196,142 @@ def parse_multipart_body(body: bytes, content_type: str, limits: ServeConfig) ->
     return fields["image"], instruction
 
 
+class ServerBusy(Exception):
+    """The request queue is full (``serve.max_queue``)."""
+
+
+class Batcher:
+    """The model thread: answers queued requests in batches of up to ``max_batch_size``.
+
+    ``admit()`` reserves a place for a request about to be prepared (raises ServerBusy when
+    ``max_queue`` requests are admitted and not yet in a batch), ``submit(ticket, images, text)``
+    queues its preprocessed image and returns a Future of its action (float32 [A]); ``leave``
+    gives the place back when a request fails before ``submit``.
+    """
+
+    def __init__(self, policy: Policy, max_batch_size: int, max_wait_ms: float, max_queue: int) -> None:
+        if max_batch_size < 1 or max_queue < 1 or max_wait_ms < 0:
+            raise ValueError(
+                f"serve.max_batch_size ({max_batch_size}) and serve.max_queue ({max_queue}) must be >= 1, "
+                f"serve.max_wait_ms ({max_wait_ms}) >= 0"
+            )
+        self.policy = policy
+        self.max_batch_size = int(max_batch_size)
+        self.max_wait = float(max_wait_ms) / 1000.0
+        self.max_queue = int(max_queue)
+        self._cond = threading.Condition()
+        self._queue: collections.deque = collections.deque()
+        self._preparing = 0  # admitted, not yet queued
+        self._closed = False
+        self.batches = 0
+        self.batched_requests = 0
+        self.largest_batch = 0
+        self._thread = threading.Thread(target=self._run, name="lapa-policy-batcher", daemon=True)
+        self._thread.start()
+
+    # ---------------------------------------------------------------- request side
+    def admit(self) -> None:
+        with self._cond:
+            waiting = self._preparing + len(self._queue)
+            if waiting >= self.max_queue:
+                raise ServerBusy(
+                    f"the server is busy: {waiting} requests are waiting for the model "
+                    f"(serve.max_queue={self.max_queue}); retry shortly"
+                )
+            self._preparing += 1
+
+    def leave(self) -> None:
+        with self._cond:
+            self._preparing -= 1
+            self._cond.notify_all()
+
+    def submit(self, image: Any, instruction: str) -> Future:
+        future: Future = Future()
+        with self._cond:
+            self._preparing -= 1
+            self._queue.append((image, instruction, future))
+            self._cond.notify_all()
+        return future
+
+    def stats(self) -> dict:
+        with self._cond:
+            return {
+                "queued": len(self._queue),
+                "preparing": self._preparing,
+                "batches": self.batches,
+                "batched_requests": self.batched_requests,
+                "largest_batch": self.largest_batch,
+                "max_batch_size": self.max_batch_size,
+            }
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        self._thread.join(timeout=10)
+
+    # ---------------------------------------------------------------- model side
+    def _take(self) -> list | None:
+        with self._cond:
+            while not self._queue and not self._closed:
+                self._cond.wait()
+            if self._closed and not self._queue:
+                return None
+            batch = [self._queue.popleft() for _ in range(min(self.max_batch_size, len(self._queue)))]
+            # requests still being decoded join this batch if they arrive within max_wait
+            deadline = time.monotonic() + self.max_wait
+            while len(batch) < self.max_batch_size and not self._closed:
+                if self._queue:
+                    batch.append(self._queue.popleft())
+                    continue
+                remaining = deadline - time.monotonic()
+                if self._preparing == 0 or remaining <= 0:
+                    break
+                self._cond.wait(remaining)
+            self.batches += 1
+            self.batched_requests += len(batch)
+            self.largest_batch = max(self.largest_batch, len(batch))
+            return batch
+
+    def _run(self) -> None:
+        import torch
+
+        while (batch := self._take()) is not None:
+            images, texts, futures = zip(*batch)
+            try:
+                actions = self.policy.predict_prepared(torch.cat(images), list(texts))
+            except BaseException as exc:  # every waiting request learns of the failure
+                log.exception("policy forward pass failed on a batch of %d", len(batch))
+                for future in futures:
+                    future.set_exception(exc)
+                continue
+            for future, action in zip(futures, actions):
+                future.set_result(action)
+
+
 def create_app(policy: Policy, limits: ServeConfig | None = None, name: str = "lapa-policy"):
-    """The FastAPI application around a loaded policy."""
+    """The FastAPI application around a loaded policy (``app.state.batcher`` runs the model)."""
     from fastapi import FastAPI
     from fastapi.responses import JSONResponse
     from starlette.concurrency import run_in_threadpool
 
     limits = limits or ServeConfig()
     app = FastAPI(title=name)
-    lock = threading.Lock()  # one forward pass at a time: the model is not re-entrant
+    batcher = Batcher(policy, limits.max_batch_size, limits.max_wait_ms, limits.max_queue)
+    app.state.batcher = batcher
     max_body = limits.max_image_bytes * 4 // 3 + limits.max_instruction_chars * 4 + 64_000
-    stats = {"requests": 0, "errors": 0}
+    stats = {"requests": 0, "errors": 0, "busy": 0}
 
-    def _predict(image: np.ndarray, instruction: str) -> np.ndarray:
-        with lock:
-            return policy.predict(image, instruction)
+    def _prepare(body: bytes, content_type: str) -> tuple[Any, str]:
+        kind = content_type.split(";", 1)[0].strip().lower()
+        if kind == "application/json":
+            data, instruction = parse_json_body(body, limits)
+        elif kind == "multipart/form-data":
+            data, instruction = parse_multipart_body(body, content_type, limits)
+        else:
+            raise RequestError(415, "send multipart/form-data (image, instruction) or application/json")
+        image = decode_image(data, limits)
+        return policy.prepare_images([image]), instruction
 
     @app.get("/health")
     async def health() -> dict:
@@ -158,11 +341,19 @@ def create_app(policy: Policy, limits: ServeConfig | None = None, name: str = "l
             "action_dim": int(policy.action_dim),
             "backend": getattr(policy, "backend", "torch"),
             **stats,
+            **batcher.stats(),
         }
 
     @app.post("/act")
     async def act(request: Request):
         stats["requests"] += 1
+        start = time.perf_counter()
+        try:
+            batcher.admit()
+        except ServerBusy as exc:
+            stats["busy"] += 1
+            return JSONResponse({"detail": str(exc)}, status_code=503, headers={"Retry-After": "1"})
+        submitted = False
         try:
             declared = request.headers.get("content-length")
             if declared is not None and declared.isdigit() and int(declared) > max_body:
@@ -173,19 +364,16 @@ def create_app(policy: Policy, limits: ServeConfig | None = None, name: str = "l
                 if len(body) > max_body:
                     raise RequestError(413, f"request body exceeds {max_body} bytes")
             content_type = request.headers.get("content-type", "")
-            kind = content_type.split(";", 1)[0].strip().lower()
-            if kind == "application/json":
-                data, instruction = parse_json_body(bytes(body), limits)
-            elif kind == "multipart/form-data":
-                data, instruction = parse_multipart_body(bytes(body), content_type, limits)
-            else:
-                raise RequestError(415, "send multipart/form-data (image, instruction) or application/json")
-            image = decode_image(data, limits)
+            image, instruction = await run_in_threadpool(_prepare, bytes(body), content_type)
+            future = batcher.submit(image, instruction)
+            submitted = True
         except RequestError as exc:
             stats["errors"] += 1
             return JSONResponse({"detail": exc.message}, status_code=exc.status)
-        start = time.perf_counter()
-        action = await run_in_threadpool(_predict, image, instruction)
+        finally:
+            if not submitted:
+                batcher.leave()
+        action = await asyncio.wrap_future(future)
         latency_ms = (time.perf_counter() - start) * 1000
         values = np.asarray(action, dtype=np.float64).reshape(-1).tolist()
         return {"action": values, "action_dim": len(values), "latency_ms": latency_ms}
@@ -221,6 +409,9 @@ def running_server(
     finally:
         server.should_exit = True
         thread.join(timeout=timeout)
+        batcher = getattr(app.state, "batcher", None)
+        if batcher is not None:
+            batcher.close()
 
 
 def serve(policy: Policy, limits: ServeConfig, name: str = "lapa-policy") -> None:
@@ -228,5 +419,15 @@ def serve(policy: Policy, limits: ServeConfig, name: str = "lapa-policy") -> Non
     import uvicorn
 
     app = create_app(policy, limits, name=name)
-    log.info("serving %s on http://%s:%d (POST /act, GET /health)", name, limits.host, limits.port)
-    uvicorn.run(app, host=limits.host, port=limits.port, log_level="info")
+    log.info(
+        "serving %s on http://%s:%d (POST /act, GET /health; batches of up to %d, backend %s)",
+        name,
+        limits.host,
+        limits.port,
+        limits.max_batch_size,
+        getattr(policy, "backend", "torch"),
+    )
+    try:
+        uvicorn.run(app, host=limits.host, port=limits.port, log_level="info")
+    finally:
+        app.state.batcher.close()

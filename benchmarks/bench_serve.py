@@ -1,0 +1,201 @@
+"""HTTP serving throughput: requests/s and latency at 1, 4 and 16 concurrent clients on loopback.
+
+Starts ``lapa serve`` on the tiny policy in a subprocess (the clients run in this process, on
+the same machine), posts 640x480 PNG camera frames with instructions as multipart requests, and
+checks every answer is a 200 with an action. Each server mode is measured in the same run:
+
+- ``unbatched``: ``serve.max_batch_size=1``, one request per forward pass (the baseline);
+- ``batched``: the configured batching (``serve.max_batch_size``, ``serve.max_wait_ms``).
+
+``--modes asis`` measures the server with no serving override (for a checkout that predates the
+batching settings). Request counts are bounded (``--requests`` per client count).
+
+    .venv/bin/python benchmarks/bench_serve.py [--clients 1 4 16] [--requests 60 160 320]
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+MODES = {"unbatched": ["serve.max_batch_size=1"], "batched": [], "asis": []}
+
+
+def camera_frames(count: int, seed: int = 0) -> list[bytes]:
+    """640x480 PNGs of smooth colour fields with sensor noise (about 0.5 MB each, like a camera frame)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(count):
+        coarse = rng.integers(0, 256, (12, 16, 3), dtype=np.uint8)
+        smooth = np.asarray(Image.fromarray(coarse).resize((640, 480), Image.BILINEAR), dtype=np.float32)
+        frame = np.clip(smooth + rng.normal(0, 4, smooth.shape), 0, 255).astype(np.uint8)
+        buf = io.BytesIO()
+        Image.fromarray(frame).save(buf, format="PNG")
+        out.append(buf.getvalue())
+    return out
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """``lapa serve`` in a subprocess, on a free loopback port."""
+
+    def __init__(self, policy: Path, overrides: list[str], threads: int, cwd: Path) -> None:
+        self.port = _free_port()
+        env = dict(os.environ, OMP_NUM_THREADS=str(threads), PYTHONPATH=str(cwd))
+        cmd = [sys.executable, "-m", "lapa", "serve", "--policy", str(policy), "--port", str(self.port)]
+        cmd += ["--device", "cpu", "-c", "tiny", *overrides]
+        self.log = tempfile.TemporaryFile()
+        self.proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=self.log, stderr=subprocess.STDOUT)
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def wait(self, timeout: float = 120.0) -> None:
+        import httpx
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                self.log.seek(0)
+                raise RuntimeError(f"lapa serve exited:\n{self.log.read().decode(errors='replace')[-3000:]}")
+            try:
+                if httpx.get(self.url + "/health", timeout=1.0).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        raise RuntimeError("lapa serve did not answer /health in time")
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.log.close()
+
+
+def load(url: str, frames: list[bytes], texts: list[str], clients: int, total: int) -> dict:
+    """``clients`` threads each with its own connection post ``total`` requests in all."""
+    import httpx
+
+    latencies: list[float] = []
+    failures: list[str] = []
+    lock = threading.Lock()
+    counter = iter(range(total))
+
+    def worker() -> None:
+        with httpx.Client(base_url=url, timeout=60.0) as client:
+            # one untimed request opens the connection
+            client.post("/act", files={"image": ("f.png", frames[0])}, data={"instruction": texts[0]})
+            barrier.wait()
+            while True:
+                with lock:
+                    i = next(counter, None)
+                if i is None:
+                    return
+                start = time.perf_counter()
+                r = client.post(
+                    "/act",
+                    files={"image": ("f.png", frames[i % len(frames)], "image/png")},
+                    data={"instruction": texts[i % len(texts)]},
+                )
+                ms = (time.perf_counter() - start) * 1000
+                with lock:
+                    if r.status_code == 200 and len(r.json()["action"]) > 0:
+                        latencies.append(ms)
+                    else:
+                        failures.append(f"{r.status_code} {r.text[:200]}")
+
+    barrier = threading.Barrier(clients + 1)
+    threads = [threading.Thread(target=worker) for _ in range(clients)]
+    for t in threads:
+        t.start()
+    barrier.wait()
+    start = time.perf_counter()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - start
+    if failures:
+        raise RuntimeError(f"{len(failures)} failed requests, e.g. {failures[0]}")
+    ms = np.asarray(latencies)
+    return {
+        "rps": len(ms) / wall,
+        "p50": float(np.percentile(ms, 50)),
+        "p99": float(np.percentile(ms, 99)),
+        "n": len(ms),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16])
+    parser.add_argument("--requests", type=int, nargs="+", default=[60, 160, 320], help="per client count")
+    parser.add_argument("--modes", nargs="+", default=["unbatched", "batched"], choices=list(MODES))
+    parser.add_argument("--threads", type=int, default=2, help="torch threads of the server")
+    parser.add_argument("--source", default=str(ROOT), help="checkout whose lapa serves (default: this one)")
+    parser.add_argument("--extra", nargs="*", default=[], help="more overrides for every server mode")
+    args = parser.parse_args()
+    if len(args.requests) != len(args.clients):
+        parser.error("--requests needs one count per --clients entry")
+    sys.path.insert(0, str(ROOT))
+    from tests.fixtures.policy import INSTRUCTIONS, make_tiny_inputs, make_untrained_policy, tiny_config
+
+    frames = camera_frames(8)
+    texts = list(INSTRUCTIONS)
+    print(
+        f"lapa serve, tiny policy, {len(frames)} distinct 640x480 PNG frames "
+        f"(mean {np.mean([len(f) for f in frames]) / 1e3:.0f} kB), multipart, loopback, "
+        f"{os.cpu_count()} CPUs, server torch threads {args.threads}"
+    )
+    results: dict[str, dict[int, dict]] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = tiny_config()
+        policy = make_untrained_policy(cfg, make_tiny_inputs(Path(tmp), cfg), Path(tmp) / "policy")
+        for mode in args.modes:
+            server = Server(policy, MODES[mode] + args.extra, args.threads, Path(args.source))
+            try:
+                server.wait()
+                results[mode] = {}
+                for clients, total in zip(args.clients, args.requests):
+                    r = load(server.url, frames, texts, clients, total)
+                    results[mode][clients] = r
+                    print(
+                        f"{mode:<10} {clients:>3} clients  {r['rps']:7.1f} requests/s  "
+                        f"p50 {r['p50']:7.1f} ms  p99 {r['p99']:7.1f} ms  ({r['n']} requests)",
+                        flush=True,
+                    )
+            finally:
+                server.stop()
+    if "unbatched" in results and "batched" in results:
+        print("batched against unbatched (same run):")
+        for clients in args.clients:
+            b, u = results["batched"][clients], results["unbatched"][clients]
+            print(
+                f"  {clients:>3} clients: throughput x{b['rps'] / u['rps']:.2f}, "
+                f"p50 {b['p50'] - u['p50']:+.2f} ms"
+            )
+
+
+if __name__ == "__main__":
+    main()
