@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -184,3 +185,217 @@ def test_videos_without_actions(tmp_path):
     assert out[0].actions is None and out[0].success is None
     assert out[0].instruction == "wave" and out[1].instruction == ""
     assert [e.num_frames for e in out] == [6, 5]
+
+
+# ---------------------------------------------------------------------------------------------
+# frames by timestamp
+
+
+def _coded_dataset(tmp_path, coded_frames, lengths: list[int], name: str = "timed"):
+    """A lapa-written dataset of coded frames (code = frame index) with actions equal to the row."""
+    eps = [
+        Episode(
+            f"src/{i}",
+            coded_frames(n, 32, 32),
+            10.0,
+            instruction="reach",
+            actions=np.arange(n, dtype=np.float32)[:, None].repeat(2, 1),
+        )
+        for i, n in enumerate(lengths)
+    ]
+    root = tmp_path / name
+    write_lerobot_dataset(root, eps, fps=10)
+    return root
+
+
+def _set_video(root, write_video, frames, fps, key="observation.image") -> None:
+    path = root / f"videos/{key}/chunk-000/file-000.mp4"
+    path.unlink()
+    write_video(path, frames, fps=fps)
+
+
+def _codes(episode, frame_code) -> list[int]:
+    return [frame_code(f) for f in episode.frames]
+
+
+def test_rows_get_the_frame_at_their_timestamp_when_the_span_holds_more(
+    tmp_path, coded_frames, write_video, frame_code
+):
+    """Episode 0's span in the shared video holds 15 frames for its 10 rows; episode 1 starts at 1.5 s."""
+    root = _coded_dataset(tmp_path, coded_frames, [10, 10])
+    _set_video(root, write_video, coded_frames(25, 32, 32), fps=10)
+    meta = root / "meta/episodes/chunk-000/file-000.parquet"
+    table = pd.read_parquet(meta)
+    table["videos/observation.image/to_timestamp"] = [1.5, 2.5]
+    table["videos/observation.image/from_timestamp"] = [0.0, 1.5]
+    table.to_parquet(meta, index=False)
+    first, second = read_lerobot_dataset(root)
+    assert _codes(first, frame_code) == list(range(10))
+    assert _codes(second, frame_code) == list(range(15, 25))
+    np.testing.assert_array_equal(second.actions[:, 0], np.arange(10))
+
+
+def test_a_video_at_another_rate_than_info_json(tmp_path, coded_frames, write_video, frame_code):
+    """info.json says 10 fps, the mp4 runs at 20: row t (at t/10 s) gets frame 2t, shown at that time."""
+    root = _coded_dataset(tmp_path, coded_frames, [10])
+    _set_video(root, write_video, coded_frames(20, 32, 32), fps=20)
+    (episode,) = read_lerobot_dataset(root)
+    assert _codes(episode, frame_code) == list(range(0, 20, 2))
+
+
+def test_a_row_without_its_frame_is_an_error_naming_episode_row_and_gap(tmp_path, coded_frames, write_video):
+    root = _coded_dataset(tmp_path, coded_frames, [10])
+    _set_video(root, write_video, coded_frames(10, 32, 32), fps=7)  # frames at k/7 s, rows at k/10 s
+    with pytest.raises(
+        ValueError, match=r"file-000.mp4: .*episode 0, row 1 .*timestamp 0.100000 s.* 0.042857 s away"
+    ):
+        list(read_lerobot_dataset(root))
+    with pytest.raises(ValueError, match="half a frame"):
+        list(read_lerobot_dataset(root, tolerance_s=0.06))
+
+
+# ---------------------------------------------------------------------------------------------
+# a dataset written by lerobot itself: two AV1 cameras, state, episodes sharing a video file
+
+TWO_CAMERAS = Path(__file__).parent / "data" / "lerobot_v3_two_cameras"
+FRONT, WRIST = "observation.images.front", "observation.images.wrist"
+
+
+def _expected_action(t: int, episode: int, length: int) -> list[float]:
+    return [np.sin(t / 5), np.cos(t / 5), 0.1 * episode, 0, 0, 0, 1.0 if t > length / 2 else 0.0]
+
+
+def _raw_frames(key: str) -> list[np.ndarray]:
+    import av
+
+    with av.open(str(TWO_CAMERAS / f"videos/{key}/chunk-000/file-000.mp4")) as container:
+        return [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+
+
+@pytest.mark.parametrize("camera", [FRONT, WRIST])
+def test_lerobot_written_dataset_every_row(camera):
+    episodes = list(read_lerobot_dataset(TWO_CAMERAS, camera_key=camera, state_keys=["observation.state"]))
+    assert [e.num_frames for e in episodes] == [40, 25, 33]
+    assert [e.instruction for e in episodes] == [
+        "pick up the red cube",
+        "open the top drawer",
+        "pick up the red cube",
+    ]
+    raw = _raw_frames(camera)
+    state = (
+        pq.read_table(TWO_CAMERAS / "data/chunk-000/file-000.parquet").column("observation.state").to_pylist()
+    )
+    first_row = 0
+    for ep in episodes:
+        e, n = ep.meta["episode_index"], ep.num_frames
+        assert ep.meta["camera"] == camera and ep.frames.shape[1:] == (
+            (96, 128, 3) if camera == FRONT else (64, 64, 3)
+        )
+        np.testing.assert_allclose(ep.actions, [_expected_action(t, e, n) for t in range(n)], atol=1e-6)
+        np.testing.assert_allclose(ep.state, state[first_row : first_row + n], atol=0)
+        for t, frame in enumerate(ep.frames):
+            assert np.array_equal(frame, raw[first_row + t])  # the frame at its time in the shared file
+            if camera == FRONT:
+                red = np.nonzero((frame[40, :, 0] > 128) & (frame[40, :, 1] < 100))[0]
+                assert red.min() == (3 * t + 10 * e) % 120, (e, t)
+            else:
+                assert abs(frame.mean() - (40 + t)) <= 1.0, (e, t)
+        first_row += n
+
+
+def test_cameras_are_chosen_not_guessed(tmp_path):
+    from lapa.config.data import ShardingConfig
+    from lapa.data.build import build_shards
+
+    with pytest.raises(
+        ValueError, match=r"2 cameras \(observation.images.front, observation.images.wrist\).*camera="
+    ):
+        list(read_lerobot_dataset(TWO_CAMERAS))
+    with pytest.raises(ValueError, match="no camera feature 'observation.image'"):
+        list(read_lerobot_dataset(TWO_CAMERAS, camera_key="observation.image"))
+    cfg = ShardingConfig(resize=64, crop=64, workers=1, val_fraction=0.3)
+    with pytest.raises(ValueError, match="data.sharding.camera"):
+        build_shards("demos", [str(TWO_CAMERAS)], tmp_path / "d", cfg, progress=False)
+
+
+def test_demo_shards_carry_state_and_name_camera_and_state(tmp_path):
+    from lapa.config.data import LoaderConfig, ShardingConfig
+    from lapa.data.build import build_shards
+    from lapa.data.pipeline import list_shards, make_loader
+
+    cfg = ShardingConfig(
+        resize=64, crop=64, workers=1, val_fraction=0.3, camera=WRIST, state_keys=["observation.state"]
+    )
+    info = build_shards("demos", [str(TWO_CAMERAS)], tmp_path / "d", cfg, progress=False)
+    assert info["camera"] == WRIST and info["state_keys"] == ["observation.state"] and info["state_dim"] == 8
+    assert sum(info["counts"].values()) == 98 and info["action_dim"] == 7
+    assert info["counts"]["train"] and info["counts"]["val"]
+    state = np.asarray(
+        pq.read_table(TWO_CAMERAS / "data/chunk-000/file-000.parquet").column("observation.state").to_pylist()
+    )
+    offsets = {0: 0, 1: 40, 2: 65}
+    lcfg = LoaderConfig(batch_size=200, num_workers=0, image_size=64, augment=False)
+    seen = 0
+    for split in ("train", "val"):
+        for batch in make_loader(list_shards(tmp_path / "d", split), "low_level", lcfg, train=False):
+            for i, key in enumerate(batch["key"]):
+                e, t = int(batch["episode_id"][i].rsplit("/", 1)[-1]), int(key.rsplit("_", 1)[-1])
+                np.testing.assert_allclose(batch["state"][i].numpy(), state[offsets[e] + t], rtol=1e-6)
+                assert abs(float(batch["image"][i].float().mean()) - (40 + t)) <= 2.0
+                seen += 1
+    assert seen == 98
+
+
+def test_image_features_in_parquet_are_read_through_the_image_module(tmp_path):
+    """A LeRobot dataset storing 16-bit PNGs in its frame table (``dtype: image``): scaled to 8 bits."""
+    import io
+
+    from PIL import Image
+
+    root = tmp_path / "depth"
+    (root / "meta/episodes/chunk-000").mkdir(parents=True)
+    (root / "data/chunk-000").mkdir(parents=True)
+    levels = [1000, 20000, 40000, 65535]
+    pngs = []
+    for level in levels:
+        buf = io.BytesIO()
+        Image.fromarray(np.full((16, 16), level, np.uint16)).save(buf, format="PNG")
+        pngs.append({"bytes": buf.getvalue(), "path": None})
+    info = {
+        "codebase_version": "v3.0",
+        "fps": 10,
+        "data_path": "data/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet",
+        "features": {
+            "observation.depth": {"dtype": "image", "shape": [16, 16, 1], "names": None},
+            "action": {"dtype": "float32", "shape": [1], "names": None},
+        },
+    }
+    (root / "meta/info.json").write_text(json.dumps(info))
+    pd.DataFrame({"task_index": [0]}, index=pd.Index(["look"], name="task")).to_parquet(
+        root / "meta/tasks.parquet"
+    )
+    pd.DataFrame(
+        {
+            "episode_index": [0],
+            "tasks": [["look"]],
+            "length": [4],
+            "data/chunk_index": [0],
+            "data/file_index": [0],
+        }
+    ).to_parquet(root / "meta/episodes/chunk-000/file-000.parquet", index=False)
+    pq.write_table(
+        pa.table(
+            {
+                "observation.depth": pngs,
+                "action": pa.array([[float(i)] for i in range(4)], pa.list_(pa.float32())),
+                "timestamp": pa.array([i / 10 for i in range(4)], pa.float32()),
+                "frame_index": pa.array(range(4), pa.int64()),
+                "episode_index": pa.array([0] * 4, pa.int64()),
+                "task_index": pa.array([0] * 4, pa.int64()),
+            }
+        ),
+        root / "data/chunk-000/file-000.parquet",
+    )
+    (episode,) = read_lerobot_dataset(root)
+    assert episode.frames.shape == (4, 16, 16, 3) and episode.instruction == "look"
+    assert [int(f[0, 0, 0]) for f in episode.frames] == [round(v * 255 / 65535) for v in levels]
