@@ -1,4 +1,4 @@
-"""train-laq end to end on sprite shards: kill and resume, checkpoint loading, labelling."""
+"""train-laq end to end on sprite shards: kill and resume, resume only of the same run, loading, labelling."""
 
 import hashlib
 import io
@@ -18,6 +18,8 @@ from lapa.config import load_config
 from lapa.data.shards import write_pair_shards
 from lapa.laq.checkpoint import load_laq
 from lapa.laq.model import architecture_from_config
+from lapa.laq.train import train_laq
+from lapa.utils.run import CURRENT_FILE, RunMismatch
 from tests.fixtures.laq import sprite_episodes
 
 OVERRIDES = [
@@ -44,22 +46,30 @@ OVERRIDES = [
 ]
 
 
+SHARDING = [
+    "data.sharding.resize=32",
+    "data.sharding.crop=32",
+    "data.sharding.fps=null",
+    "data.sharding.frame_offset=1",
+    "data.sharding.val_fraction=0.3",
+    "data.sharding.samples_per_shard=50",
+]
+
+
+def _write_shards(out, seed: int = 0):
+    cfg = load_config("default", SHARDING)
+    write_pair_shards(sprite_episodes(30, length=9, seed=seed), out, cfg.data.sharding)
+    return out
+
+
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory):
-    root = tmp_path_factory.mktemp("laq_shards")
-    cfg = load_config(
-        "default",
-        [
-            "data.sharding.resize=32",
-            "data.sharding.crop=32",
-            "data.sharding.fps=null",
-            "data.sharding.frame_offset=1",
-            "data.sharding.val_fraction=0.3",
-            "data.sharding.samples_per_shard=50",
-        ],
-    )
-    write_pair_shards(sprite_episodes(30, length=9), root / "shards", cfg.data.sharding)
-    return root / "shards"
+    return _write_shards(tmp_path_factory.mktemp("laq_shards") / "shards")
+
+
+def run_folder(workdir):
+    """The folder of the run a work directory last opened."""
+    return workdir / json.loads((workdir / CURRENT_FILE).read_text())["run"]
 
 
 def _cmd(shards, out, *extra):
@@ -101,7 +111,7 @@ def test_outputs_beside_the_checkpoint(trained):
     for key in ("val/psnr", "val/psnr_copy", "val/ssim", "val/utilisation", "val/code_action_ami"):
         assert key in metrics["val"], key
     assert trained.with_suffix(".recon.png").stat().st_size > 0
-    assert (trained.parent / "work" / "logs" / "version_0" / "metrics.csv").is_file()
+    assert (run_folder(trained.parent / "work") / "logs" / "laq" / "version_0" / "metrics.csv").is_file()
     model = load_laq(trained)
     assert not model.training and model.num_tokens == 4
 
@@ -109,27 +119,62 @@ def test_outputs_beside_the_checkpoint(trained):
 @pytest.mark.slow
 def test_killed_run_resumes_to_the_same_weights(shards, trained, tmp_path):
     out = tmp_path / "laq.ckpt"
-    last = tmp_path / "work" / "checkpoints" / "last.ckpt"
     proc = subprocess.Popen(
         _cmd(shards, out), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
     try:
         deadline = time.time() + 240
-        while not last.exists() and proc.poll() is None and time.time() < deadline:
+        while (
+            not list((tmp_path / "work").glob("*/checkpoints/step-*.ckpt"))
+            and proc.poll() is None
+            and time.time() < deadline
+        ):
             time.sleep(0.02)
         proc.send_signal(signal.SIGKILL)
     finally:
         proc.wait()
-    assert last.exists() and not out.exists(), "the run was not interrupted after its first checkpoint"
-    killed_at, _ = _state(last)
+    saved = sorted((tmp_path / "work").glob("*/checkpoints/step-*.ckpt"))
+    assert saved and not out.exists(), "the run was not interrupted after its first checkpoint"
+    killed_at, _ = _state(saved[-1])
     assert 0 < killed_at < 40
-    subprocess.run(_cmd(shards, out), check=True, env=_env(), capture_output=True, timeout=300)
+    rerun = subprocess.run(_cmd(shards, out), check=True, env=_env(), capture_output=True, timeout=300)
+    assert b"resuming from" in rerun.stderr and b"weights_only" not in rerun.stderr
     step, weights = _state(out)
     ref_step, ref_weights = _state(trained)
     assert step == ref_step == 40
     assert weights.keys() == ref_weights.keys()
     for name in weights:
         assert torch.equal(weights[name], ref_weights[name]), name
+
+
+def test_other_shards_do_not_resume_the_previous_run(shards, tmp_path, caplog):
+    """Shards A then B into the same --out: B trains from scratch; a lower max_steps is refused."""
+    short = [
+        "laq.training.max_steps=4",
+        "laq.training.checkpoint_every_steps=2",
+        "laq.training.val_every_steps=4",
+    ]
+    other = _write_shards(tmp_path / "other", seed=1)
+    out = tmp_path / "laq.ckpt"
+    first = train_laq(load_config("default", OVERRIDES + short), shards, out)
+    _, weights_a = _state(out)
+    second = train_laq(load_config("default", OVERRIDES + short), other, out)
+    _, weights_b = _state(out)
+    assert first["global_step"] == second["global_step"] == 4
+    assert first["run_identity"] != second["run_identity"]
+    assert "input shards" in caplog.text and "Starting fresh" in caplog.text
+    assert any(not torch.equal(weights_a[k], weights_b[k]) for k in weights_a)
+    assert json.loads(out.with_suffix(".metrics.json").read_text())["shards"] == str(other)
+    runs = sorted(p.parent.name for p in (tmp_path / "work").glob("*/identity.json"))
+    assert len(runs) == 2
+    # the same shards again: resumes its finished run (no training), same weights
+    again = train_laq(load_config("default", OVERRIDES + short), other, out)
+    assert again["global_step"] == 4 and again["run_identity"] == second["run_identity"]
+    # fewer steps than the run has made: refused, naming the key, never reported as step 4
+    fewer = load_config("default", OVERRIDES + [*short, "laq.training.max_steps=2"])
+    with pytest.raises(RunMismatch, match=r"step 4, past laq\.training\.max_steps=2"):
+        train_laq(fewer, other, out)
+    assert json.loads(out.with_suffix(".metrics.json").read_text())["run_identity"] == second["run_identity"]
 
 
 def _tar_members(path):

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from lapa.config.training import TrainingConfig
+
 
 @dataclass
 class LAQEncoderConfig:
@@ -47,28 +49,20 @@ class LAQDecoderConfig:
 
 
 @dataclass
-class LAQTrainingConfig:
+class LAQTrainingConfig(TrainingConfig):
+    """``laq.training``: the shared vocabulary (``TrainingConfig``) with the LAQ's defaults and extras."""
+
     max_steps: int = 100_000
-    batch_size: int = 256  # per device; overrides data.loader.batch_size for this stage
-    num_workers: int | None = None  # None: data.loader.num_workers
     lr: float = 1e-4
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
-    eps: float = 1e-8
     weight_decay: float = 0.01
     warmup_steps: int = 1000
     min_lr: float = 1e-6
-    gradient_clip: float = 1.0
-    precision: str = "auto"  # auto: bf16-mixed on GPU, 32-true on CPU
-    accelerator: str = "auto"  # auto | cpu | gpu
+    batch_size: int = 256  # per device; overrides data.loader.batch_size for this stage
+    num_workers: int | None = None  # None: data.loader.num_workers
     epoch_samples: int = 100_000  # samples per pass of the (resampled) training stream
-    val_every_steps: int = 1000
-    val_batches: int = 20
-    checkpoint_every_steps: int = 1000
     num_images_to_log: int = 8
     action_bins: int = 8  # bins per true-action dimension for the mutual-information probe
     export: str = "last"  # which weights --out receives: last | best (lowest validation reconstruction loss)
-    devices: int = 1
-    num_nodes: int = 1
     deterministic: bool = False  # torch deterministic algorithms (exact resume on GPU at some speed cost)
 
 

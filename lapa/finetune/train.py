@@ -1,26 +1,56 @@
-"""``lapa finetune``: build the policy network, train it with a Lightning Trainer, write the policy.
+"""``lapa finetune`` with Lightning Fabric, litgpt-style: ``setup`` builds, ``fit`` loops, ``export`` writes.
 
-Resumable: the Trainer keeps ``last.ckpt`` in ``<workdir>/checkpoints`` (default workdir
-``<out>.work`` beside the output) and a rerun continues from it. Validation runs every
-``val_every_steps`` steps: the training loader's epochs are that many batches long.
+The policy network (``lapa.policy.build``) is the foundation VLA with one action query and a
+binned continuous head, trained with per-dimension cross-entropy on actions binned by the
+action statistics. It runs on the foundation stage's plan (``lapa.vla.parallelize``): one
+process, DDP, or FSDP2 (``fully_shard``, one unit per decoder layer), chosen by
+``finetune.training.{devices,num_nodes,strategy}``.
+
+Data: step-based. Loader epoch ``e`` is ``checkpoint_every_steps`` batches per rank
+(``max_steps`` when 0), drawn with seed (seed, rank, e) alone: the stream does not depend on the
+model built or on any global random state, so every arm (scratch, lapa, action-pretrained) sees
+the same batches in the same order with the same augmentation draws.
+
+Resume: the run folder ``<workdir>/<identity>/`` (``lapa.utils.run``) is named by the inputs'
+content (foundation, backbones, action statistics, demonstrations) and the settings, so a rerun
+resumes only its own run; model, optimizer, scheduler, step, data position and random state are
+restored, so a killed and rerun job writes exactly the weights of an uninterrupted one.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import warnings
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from lapa.data.action_codec import ActionStats
+from lapa.utils import checkpoint as ckpt
+from lapa.utils.run import (
+    RequeueSignal,
+    RunDir,
+    RunIdentity,
+    check_resumable,
+    config_values,
+    finalize_loggers,
+    log_metrics,
+    make_loggers,
+    open_run_dir,
+    resumable_batches,
+    rng_state,
+    run_identity,
+    set_cpu_threads,
+    set_rng_state,
+    training_drop,
+)
 
 log = logging.getLogger(__name__)
 
 INITS = ("foundation", "scratch")
+KEY = "finetune.training"
 
 
 def default_workdir(out_dir: str | os.PathLike) -> Path:
@@ -35,10 +65,8 @@ def _loader_config(cfg: Any, batch_size: int):
     return replace(loader, batch_size=int(batch_size))
 
 
-def build_model(cfg: Any, init: str, foundation_dir, backbones_dir, stats: ActionStats):
-    """(model, tokenizer, foundation section) for the chosen initialisation."""
-    from lapa.policy.build import check_backbones_for, policy_from_backbones, policy_from_foundation
-
+def check_init(init: str, foundation_dir, backbones_dir) -> None:
+    """The initialisation and the directories it needs, checked before anything is read."""
     if init not in INITS:
         raise ValueError(f"finetune.init must be one of {INITS}, got {init!r}")
     if not Path(backbones_dir).is_dir():
@@ -48,82 +76,99 @@ def build_model(cfg: Any, init: str, foundation_dir, backbones_dir, stats: Actio
             raise ValueError(
                 "finetune.init=scratch trains without a foundation checkpoint: omit --foundation"
             )
-        return policy_from_backbones(cfg.foundation, backbones_dir, stats.action_dim, stats.num_bins)
+        return
     if foundation_dir is None:
         raise ValueError("--foundation is required unless finetune.init=scratch")
     if not Path(foundation_dir).is_dir():
         raise FileNotFoundError(f"--foundation directory not found: {foundation_dir}")
+
+
+def build_model(cfg: Any, init: str, foundation_dir, backbones_dir, stats: ActionStats):
+    """(model, tokenizer, foundation section) for the chosen initialisation."""
+    from lapa.policy.build import check_backbones_for, policy_from_backbones, policy_from_foundation
+
+    check_init(init, foundation_dir, backbones_dir)
+    if init == "scratch":
+        return policy_from_backbones(cfg.foundation, backbones_dir, stats.action_dim, stats.num_bins)
     model, tokenizer, fcfg = policy_from_foundation(foundation_dir, stats.action_dim, stats.num_bins)
     check_backbones_for(fcfg, backbones_dir)
     return model, tokenizer, fcfg
 
 
-def _precision(value: str) -> str:
-    if value != "auto":
-        return value
-    return "bf16-mixed" if torch.cuda.is_available() else "32-true"
+def identity(
+    cfg: Any, foundation_dir, backbones_dir, action_stats_path, shards_dir, cache_dir=None
+) -> RunIdentity:
+    """What decides the policy: the four inputs by content, the seed and the sections the run reads.
+
+    ``foundation`` (less its training keys) builds the scratch arm's network, ``data.sharding``
+    is recorded in the policy's preprocessing, ``data.loader`` makes the batches.
+    """
+    config = config_values(
+        cfg,
+        ["seed", "finetune", "foundation", "data.loader", "data.sharding"],
+        [*training_drop(KEY), "foundation.training", "finetune.stats", "data.sharding.workers"],
+    )
+    inputs = {
+        "foundation": foundation_dir,
+        "backbones": backbones_dir,
+        "action_stats": action_stats_path,
+        "shards": shards_dir,
+    }
+    return run_identity("finetune", inputs, config, cache_dir=cache_dir)
 
 
-def _strategy(name: str, devices: int, num_nodes: int):
-    if name == "fsdp":
-        from lightning.pytorch.strategies import FSDPStrategy
-        from transformers.models.llama.modeling_llama import LlamaDecoderLayer
+@dataclass
+class Run:
+    """Everything ``fit`` and ``export`` need, built by ``setup``."""
 
-        return FSDPStrategy(auto_wrap_policy={LlamaDecoderLayer}, state_dict_type="full")
-    if name in ("auto", "ddp"):
-        return "ddp" if name == "ddp" or devices * num_nodes > 1 else "auto"
-    raise ValueError(f"finetune.strategy must be auto, ddp or fsdp, got {name!r}")
+    fabric: Any
+    plan: Any  # lapa.vla.parallelize.RunPlan
+    cfg: Any  # the whole experiment config
+    model: Any  # Fabric-wrapped policy network
+    raw_model: Any
+    optimizer: Any
+    scheduler: Any
+    processor: Any
+    tokenizer: Any
+    fcfg: Any  # the foundation section the network was built from
+    stats: ActionStats
+    counts: dict  # parameters, trainable
+    train_shards: list[str]
+    val_shards: list[str]
+    loader_cfg: Any
+    seed: int
+    batches_per_epoch: int
+    out_dir: Path
+    sources: dict  # what the policy's config.json records about its inputs
+    run_dir: RunDir
+    loggers: list = field(default_factory=list)  # rank 0 only
+    progress: dict = field(default_factory=lambda: {"step": 0, "epoch": 0, "batch_in_epoch": 0})
 
-
-def atomic_checkpoint_io():
-    """Lightning's checkpoint writer, renaming into place so a killed job never leaves a torn last.ckpt."""
-    from lightning.pytorch.plugins.io import TorchCheckpointIO
-
-    from lapa.utils.io import atomic_path
-
-    class AtomicCheckpointIO(TorchCheckpointIO):
-        def save_checkpoint(self, checkpoint, path, storage_options=None):
-            with atomic_path(path) as tmp:
-                super().save_checkpoint(checkpoint, tmp, storage_options)
-
-    return AtomicCheckpointIO()
-
-
-def make_loggers(cfg: Any, workdir: Path) -> list:
-    from lightning.pytorch.loggers import CSVLogger
-
-    loggers: list = [CSVLogger(save_dir=str(workdir / "logs"), name="finetune")]
-    if cfg.logging.wandb:
-        os.environ.setdefault("WANDB_MODE", cfg.logging.wandb_mode)
-        from lightning.pytorch.loggers import WandbLogger
-
-        loggers.append(
-            WandbLogger(project=cfg.logging.wandb_project, save_dir=str(workdir), name=f"{cfg.name}-finetune")
-        )
-    return loggers
+    @property
+    def sharded(self) -> bool:
+        return self.plan.strategy == "fsdp2"
 
 
-def finetune(
+def setup(
+    fabric: Any,
+    plan: Any,
     cfg: Any,
     *,
     foundation_dir,
     backbones_dir,
     action_stats_path,
     shards_dir,
-    out_dir: Path,
-    workdir: Path | None = None,
-) -> dict:
-    """Train and write the policy directory; returns the last validation metrics."""
-    import lightning as L
-    from lightning.pytorch.callbacks import ModelCheckpoint
-
-    from lapa.data.pipeline import list_shards, make_loader, read_info
-    from lapa.finetune.task import FinetuneTask
+    out_dir,
+    workdir=None,
+) -> Run:
+    """Check the inputs, open the run folder, build network, optimizer and data; resume the run."""
+    from lapa.data.pipeline import list_shards, read_info
     from lapa.policy.build import freeze_for_finetuning
-    from lapa.policy.policy import preprocessor_settings, save_policy
+    from lapa.utils.optim import make_optimizer
     from lapa.vla.processor import VLAProcessor
 
-    fc = cfg.finetune
+    fc, tcfg = cfg.finetune, cfg.finetune.training
+    check_init(fc.init, foundation_dir, backbones_dir)
     stats = ActionStats.load(action_stats_path)
     info = read_info(shards_dir)
     if info.get("action_dim") is not None and int(info["action_dim"]) != stats.action_dim:
@@ -138,84 +183,355 @@ def finetune(
         log.warning("%s has no val split: finetuning without validation", shards_dir)
         val_shards = []
     workdir = Path(workdir) if workdir else default_workdir(out_dir)
-    ckpt_dir = workdir / "checkpoints"
+    ident = None
+    if fabric.global_rank == 0:
+        ident = identity(cfg, foundation_dir, backbones_dir, action_stats_path, shards_dir, workdir)
+    run_dir = open_run_dir(workdir, fabric.broadcast(ident), create=fabric.global_rank == 0)
+    fabric.barrier()
 
-    seed = int(fc.seed if fc.seed is not None else cfg.seed)
-    L.seed_everything(seed, workers=True, verbose=False)
+    seed = int(tcfg.seed if tcfg.seed is not None else cfg.seed)
+    fabric.seed_everything(seed)  # the same new head on every rank (the data stream has its own seeds)
     model, tokenizer, fcfg = build_model(cfg, fc.init, foundation_dir, backbones_dir, stats)
     counts = freeze_for_finetuning(model, fc.freeze_vision, fc.freeze_projector)
-    log.info("policy model: %(parameters)d parameters, %(trainable)d trainable", counts)
-    processor = VLAProcessor(tokenizer, fcfg.vision.image_size, fcfg.max_text_tokens)
-    task = FinetuneTask(model, processor, stats, fc)
+    if fabric.global_rank == 0:
+        log.info("policy model: %(parameters)d parameters, %(trainable)d trainable", counts)
+    if tcfg.activation_checkpointing:
+        model.enable_activation_checkpointing()
+    wrapped = fabric.setup_module(model)
+    optimizer, scheduler = make_optimizer(model, tcfg, head_prefix="head.", head_lr=tcfg.head_lr)
+    optimizer = fabric.setup_optimizers(optimizer)
 
-    loader_cfg = _loader_config(cfg, fc.batch_size)
-    world = int(fc.devices) * int(fc.num_nodes)
-    train_loader = make_loader(
-        train_shards,
-        task="low_level",
-        cfg=loader_cfg,
-        train=True,
-        epoch_samples=int(fc.val_every_steps) * int(fc.batch_size),
+    every = int(tcfg.checkpoint_every_steps) or int(tcfg.max_steps)
+    run = Run(
+        fabric=fabric,
+        plan=plan,
+        cfg=cfg,
+        model=wrapped,
+        raw_model=model,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        processor=VLAProcessor(tokenizer, fcfg.vision.image_size, fcfg.max_text_tokens),
+        tokenizer=tokenizer,
+        fcfg=fcfg,
+        stats=stats,
+        counts=counts,
+        train_shards=train_shards,
+        val_shards=val_shards,
+        loader_cfg=_loader_config(cfg, tcfg.batch_size),
         seed=seed,
-    )
-    val_loader = (
-        make_loader(val_shards, task="low_level", cfg=loader_cfg, train=False) if val_shards else None
-    )
-
-    checkpoint = ModelCheckpoint(
-        dirpath=str(ckpt_dir),
-        filename="step-{step:07d}",
-        save_last=True,
-        save_top_k=0,
-        every_n_train_steps=int(fc.checkpoint_every_steps),
-        save_on_train_epoch_end=False,
-    )
-    trainer = L.Trainer(
-        accelerator="auto",
-        devices=int(fc.devices),
-        num_nodes=int(fc.num_nodes),
-        strategy=_strategy(fc.strategy, int(fc.devices), int(fc.num_nodes)),
-        precision=_precision(fc.precision),
-        max_steps=int(fc.max_steps),
-        max_epochs=-1,
-        gradient_clip_val=float(fc.gradient_clip) if fc.gradient_clip else None,
-        limit_val_batches=int(fc.val_batches) if val_loader is not None else 0,
-        check_val_every_n_epoch=1,
-        num_sanity_val_steps=0,
-        logger=make_loggers(cfg, workdir),
-        callbacks=[checkpoint],
-        plugins=[atomic_checkpoint_io()],
-        log_every_n_steps=int(cfg.logging.log_every_steps),
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=str(workdir),
-        use_distributed_sampler=False,  # the shard loader splits by rank itself
-    )
-    last = ckpt_dir / "last.ckpt"
-    resume = str(last) if last.is_file() else None
-    if resume:
-        log.info("resuming finetuning from %s", resume)
-    with warnings.catch_warnings():
-        # the frozen vision towers are in eval mode on purpose (no dropout noise in frozen features)
-        warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode.*")
-        trainer.fit(task, train_dataloaders=train_loader, val_dataloaders=val_loader, ckpt_path=resume)
-    if world > 1 and trainer.world_size != world:
-        log.warning("expected %d processes, trainer ran %d", world, trainer.world_size)
-
-    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
-    state = trainer.strategy.lightning_module_state_dict()
-    if trainer.is_global_zero:
-        model_state = {k[len("model.") :]: v for k, v in state.items() if k.startswith("model.")}
-        model.load_state_dict(model_state)
-        extra = {
+        batches_per_epoch=max(1, every),
+        out_dir=Path(out_dir),
+        sources={
             "init": fc.init,
             "foundation_dir": str(foundation_dir) if foundation_dir else None,
             "backbones_dir": str(backbones_dir),
             "action_stats": str(action_stats_path),
-            "training": {"steps": int(trainer.global_step), "seed": seed, "val_metrics": metrics, **counts},
+        },
+        run_dir=run_dir,
+        loggers=make_loggers(cfg, run_dir.logs, "finetune", fabric=True) if fabric.global_rank == 0 else [],
+    )
+    _resume(run)
+    return run
+
+
+# -- checkpoints ------------------------------------------------------------------------------
+
+
+def save_checkpoint(run: Run) -> Path:
+    own = {"progress": dict(run.progress), "scheduler": run.scheduler.state_dict(), "rng": rng_state()}
+    return ckpt.save_training_state(
+        run.fabric,
+        run.run_dir.checkpoints,
+        run.progress["step"],
+        run.raw_model,
+        run.optimizer,
+        own,
+        sharded=run.sharded,
+        keep_last=int(run.cfg.finetune.training.keep_last),
+    )
+
+
+def _resume(run: Run) -> None:
+    fabric = run.fabric
+    latest = None
+    if fabric.global_rank == 0:
+        ckpt.remove_stale(run.run_dir.checkpoints)
+        found = ckpt.completed(run.run_dir.checkpoints)
+        latest = str(found[-1]) if found else None
+    latest = fabric.broadcast(latest)
+    if latest is None:
+        return
+    latest = Path(latest)
+    max_steps = int(run.cfg.finetune.training.max_steps)
+    check_resumable(ckpt.step_of(latest), max_steps, f"{KEY}.max_steps", latest, run.run_dir)
+    own = ckpt.load_training_state(fabric, latest, run.raw_model, run.optimizer, sharded=run.sharded)
+    run.scheduler.load_state_dict(own["scheduler"])
+    set_rng_state(own["rng"])
+    run.progress = dict(own["progress"])
+    if fabric.global_rank == 0:
+        log.info("resumed finetuning from %s at step %d", latest, run.progress["step"])
+
+
+# -- data and loss ----------------------------------------------------------------------------
+
+
+def train_batches(run: Run):
+    """Training batches forever from the saved data position; epoch ``e`` seeded by (seed, rank, e)."""
+    from lapa.data.pipeline import make_loader
+
+    fabric = run.fabric
+
+    def epoch(e: int):
+        loader = make_loader(
+            run.train_shards,
+            task="low_level",
+            cfg=run.loader_cfg,
+            train=True,
+            epoch_samples=run.batches_per_epoch * int(run.loader_cfg.batch_size),
+            seed=run.seed,
+            rank=fabric.global_rank,
+            world_size=fabric.world_size,
+        )
+        loader.dataset.set_epoch(e)
+        return loader
+
+    yield from resumable_batches(epoch, run.progress, run.batches_per_epoch, f"{run.train_shards[0]}...")
+
+
+def _forward(run: Run, batch: dict) -> torch.Tensor:
+    """Logits [B, action_dim, num_bins]."""
+    inputs = run.processor(batch["image"], batch["text"])
+    device = run.fabric.device
+    return run.model(*(inputs[k].to(device) for k in ("images", "input_ids", "attention_mask")))
+
+
+def _bins(run: Run, actions: torch.Tensor) -> torch.Tensor:
+    """The target bins (int64 [B, action_dim]) of continuous actions."""
+    bins = run.stats.quantize(actions.detach().float().cpu().numpy())
+    return torch.from_numpy(bins).to(run.fabric.device)
+
+
+@torch.no_grad()
+def validate(run: Run) -> dict[str, float]:
+    """Loss, normalised-action MSE and bin accuracy over at most ``val_batches`` batches per rank.
+
+    Ranks step in lockstep (a sharded forward is collective), stop when any runs out, and sum
+    their counts before the figures are computed.
+    """
+    from lapa.data.pipeline import make_loader
+    from lapa.evaluation.metrics import ActionMetrics
+    from lapa.vla.heads import binned_cross_entropy
+
+    fabric = run.fabric
+    metrics = ActionMetrics(run.stats)
+    loss_sum = 0.0
+    loader = make_loader(
+        run.val_shards,
+        task="low_level",
+        cfg=run.loader_cfg,
+        train=False,
+        rank=fabric.global_rank,
+        world_size=fabric.world_size,
+    )
+    run.model.eval()
+    iterator = iter(loader)
+    for _ in range(int(run.cfg.finetune.training.val_batches)):
+        batch = next(iterator, None)
+        have = torch.tensor([0.0 if batch is None else 1.0], device=fabric.device)
+        if fabric.world_size > 1:
+            have = fabric.all_reduce(have, reduce_op="min")
+        if float(have) < 1:
+            break
+        logits = _forward(run, batch)
+        loss_sum += float(binned_cross_entropy(logits, _bins(run, batch["action"]))) * len(batch["text"])
+        metrics.update(logits.argmax(-1).cpu().numpy(), batch["action"].float().cpu().numpy())
+    run.model.train()
+    totals = torch.tensor(
+        [*metrics.sq_err, *metrics.correct, metrics.count, loss_sum],
+        dtype=torch.float64,
+        device=fabric.device,
+    )
+    if fabric.world_size > 1:
+        totals = fabric.all_reduce(totals, reduce_op="sum")
+    totals = totals.cpu().numpy()
+    dim = run.stats.action_dim
+    count = totals[2 * dim]
+    if count == 0:
+        return {}
+    mse = totals[:dim] / count
+    out = {
+        "val/loss": float(totals[2 * dim + 1] / count),
+        "val/action_mse": float(mse.mean()),
+        "val/bin_accuracy": float((totals[dim : 2 * dim] / count).mean()),
+    }
+    out.update({f"val/action_mse_dim{d}": float(v) for d, v in enumerate(mse)})
+    return out
+
+
+# -- loop -------------------------------------------------------------------------------------
+
+
+def fit(run: Run) -> dict:
+    """Train to ``max_steps`` (or ``stop_after_steps`` more, or until Slurm asks to requeue), then export.
+
+    Returns ``{"complete", "step", <last train/val metrics>}``; the policy is written only when
+    complete. An incomplete run leaves a checkpoint the same command resumes.
+    """
+    from lapa.vla.heads import binned_cross_entropy
+
+    fabric, tcfg = run.fabric, run.cfg.finetune.training
+    log_every = max(1, int(run.cfg.logging.log_every_steps))
+    max_steps = int(tcfg.max_steps)
+    stop_at = max_steps
+    if tcfg.stop_after_steps is not None:
+        stop_at = min(max_steps, run.progress["step"] + int(tcfg.stop_after_steps))
+    val_every = int(tcfg.val_every_steps)
+    val_on = bool(run.val_shards) and val_every > 0 and int(tcfg.val_batches) > 0
+    ckpt_every = int(tcfg.checkpoint_every_steps)
+    clip = float(tcfg.gradient_clip or 0.0)
+    multi = fabric.world_size > 1
+
+    metrics: dict[str, float] = {}
+    requeue = RequeueSignal()
+    batches = train_batches(run)
+    run.model.train()
+    sums, steps_summed = torch.zeros(2, dtype=torch.float64), 0
+    try:
+        while run.progress["step"] < stop_at:
+            batch = next(batches)
+            logits = _forward(run, batch)
+            bins = _bins(run, batch["action"])
+            loss = binned_cross_entropy(logits, bins)
+            fabric.backward(loss)
+            grad_norm = fabric.clip_gradients(run.model, run.optimizer, max_norm=clip) if clip > 0 else None
+            run.optimizer.step()
+            run.optimizer.zero_grad(set_to_none=True)
+            lr = run.scheduler.get_last_lr()[0]
+            run.scheduler.step()
+            run.progress["step"] += 1
+            step = run.progress["step"]
+            with torch.no_grad():
+                accuracy = (logits.argmax(-1) == bins).float().mean()
+            sums += torch.tensor([float(loss.detach()), float(accuracy)], dtype=torch.float64)
+            steps_summed += 1
+
+            if step % log_every == 0 or step == stop_at:
+                mean = (sums / steps_summed).to(fabric.device)
+                if multi:
+                    mean = fabric.all_reduce(mean, reduce_op="mean")
+                norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm
+                metrics = {
+                    "train/loss": float(mean[0]),
+                    "train/bin_accuracy": float(mean[1]),
+                    "train/lr": lr,
+                    "train/grad_norm": float(norm) if norm is not None else float("nan"),
+                }
+                log_metrics(run.loggers, metrics, step=step)
+                if fabric.global_rank == 0:
+                    log.info("step %d loss %.4f lr %.2e", step, metrics["train/loss"], lr)
+                sums, steps_summed = torch.zeros(2, dtype=torch.float64), 0
+            if val_on and (step % val_every == 0 or step == max_steps):
+                val = validate(run)
+                log_metrics(run.loggers, val, step=step)
+                metrics.update(val)
+            stopping = requeue.requested(fabric)
+            if (ckpt_every > 0 and step % ckpt_every == 0) or step == stop_at or stopping:
+                save_checkpoint(run)
+            if stopping:
+                if fabric.global_rank == 0:
+                    requeue.requeue()
+                break
+    finally:
+        batches.close()
+        requeue.close()
+
+    if run.progress["step"] < max_steps:
+        if fabric.global_rank == 0:
+            log.info(
+                "stopped at step %d of %d; rerun the same command to resume", run.progress["step"], max_steps
+            )
+        return {"complete": False, "step": run.progress["step"], **metrics}
+    val_metrics = {k: v for k, v in metrics.items() if k.startswith("val/")}
+    if val_on and not val_metrics:  # resumed a finished run
+        val_metrics = validate(run)
+    export(run, val_metrics)
+    return {"complete": True, "step": run.progress["step"], **metrics, **val_metrics}
+
+
+def _plain_model(run: Run, state: dict) -> torch.nn.Module:
+    """An unsharded policy network holding ``state`` (built on the meta device, then assigned)."""
+    from omegaconf import OmegaConf
+    from transformers import LlamaModel
+
+    from lapa.policy.build import build_policy_model
+
+    no_files = {"vision": {"siglip": {"weights": None}, "dinov2": {"weights": None}}}
+    fcfg = OmegaConf.merge(run.fcfg, no_files) if OmegaConf.is_config(run.fcfg) else run.fcfg
+    with torch.device("meta"):
+        model = build_policy_model(
+            fcfg, run.stats.action_dim, run.stats.num_bins, llm=LlamaModel(run.raw_model.llm.config)
+        )
+    model.load_state_dict(state, assign=True)
+    return model
+
+
+def export(run: Run, val_metrics: dict) -> None:
+    """Gather the weights and write the policy directory at the output path (rank 0)."""
+    from lapa.policy.policy import preprocessor_settings, save_policy
+    from lapa.vla.parallelize import full_state_dict
+
+    fabric = run.fabric
+    if run.sharded:
+        state = full_state_dict(run.raw_model, run.plan.strategy)  # collective
+        model = _plain_model(run, state) if fabric.global_rank == 0 else None
+    else:
+        model = run.raw_model
+    if fabric.global_rank == 0:
+        training = {
+            "steps": int(run.progress["step"]),
+            "seed": run.seed,
+            "val_metrics": val_metrics,
+            **run.counts,
         }
-        pre = preprocessor_settings(fcfg, cfg.data.sharding, loader_cfg)
-        save_policy(model.float(), tokenizer, fcfg, stats, pre, out_dir, extra)
-        log.info("policy written to %s (%d steps, %s)", out_dir, trainer.global_step, metrics)
-    trainer.strategy.barrier()
-    return metrics
+        extra = {**run.sources, "training": training}
+        pre = preprocessor_settings(run.fcfg, run.cfg.data.sharding, run.loader_cfg)
+        save_policy(model.float(), run.tokenizer, run.fcfg, run.stats, pre, run.out_dir, extra)
+        log.info("policy written to %s (%d steps, %s)", run.out_dir, run.progress["step"], val_metrics)
+    fabric.barrier()
+
+
+def finetune(
+    cfg: Any,
+    *,
+    foundation_dir,
+    backbones_dir,
+    action_stats_path,
+    shards_dir,
+    out_dir: Path,
+    workdir: Path | None = None,
+) -> dict:
+    """The ``lapa finetune`` entry point: plan, launch, setup, fit; returns the last metrics."""
+    from lapa.vla.parallelize import make_fabric, plan_run
+
+    tcfg = cfg.finetune.training
+    check_init(cfg.finetune.init, foundation_dir, backbones_dir)
+    plan = plan_run(tcfg, KEY)
+    workdir = Path(workdir) if workdir else default_workdir(out_dir)
+    fabric = make_fabric(plan, activation_checkpointing=False)
+    fabric.launch()
+    if plan.accelerator == "cpu":
+        set_cpu_threads(tcfg.cpu_threads, plan.devices)
+    run = setup(
+        fabric,
+        plan,
+        cfg,
+        foundation_dir=foundation_dir,
+        backbones_dir=backbones_dir,
+        action_stats_path=action_stats_path,
+        shards_dir=shards_dir,
+        out_dir=out_dir,
+        workdir=workdir,
+    )
+    result = fit(run)
+    finalize_loggers(run.loggers)
+    return result

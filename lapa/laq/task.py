@@ -11,7 +11,6 @@ import torch.nn.functional as F
 
 from lapa.laq import metrics as M
 from lapa.laq.model import LAQModel, to_model_range
-from lapa.utils.schedule import warmup_cosine_scheduler
 
 
 class LAQTask(L.LightningModule):
@@ -153,26 +152,7 @@ class LAQTask(L.LightningModule):
 
     # -- optimisation ------------------------------------------------------------------------------
     def configure_optimizers(self):
-        cfg = self.training_cfg
-        decay, no_decay = [], []
-        for name, p in self.model.named_parameters():
-            if not p.requires_grad:
-                continue
-            (no_decay if p.ndim < 2 or "codebook" in name else decay).append(p)
-        opt = torch.optim.AdamW(
-            [
-                {"params": decay, "weight_decay": cfg["weight_decay"]},
-                {"params": no_decay, "weight_decay": 0.0},
-            ],
-            lr=cfg["lr"],
-            betas=tuple(cfg["betas"]),
-            eps=cfg["eps"],
-        )
-        sched = warmup_cosine_scheduler(
-            opt,
-            warmup_steps=cfg["warmup_steps"],
-            max_steps=cfg["max_steps"],
-            lr=cfg["lr"],
-            min_lr=cfg["min_lr"],
-        )
+        from lapa.utils.optim import make_optimizer
+
+        opt, sched = make_optimizer(self.model, self.training_cfg)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step", "frequency": 1}}

@@ -273,6 +273,11 @@ def open_run_dir(workdir: str | os.PathLike, identity: RunIdentity, *, create: b
             data = _read_record(other)
             if data is not None and other.parent != path:
                 others.append((other.stat().st_mtime, other.parent, data))
+        if (workdir / "checkpoints").is_dir():
+            log.warning(
+                "%s holds checkpoints of a run without an identity (an older layout): not resumed",
+                workdir / "checkpoints",
+            )
         if others:
             _, where, latest = max(others, key=lambda t: t[0])
             diffs = identity.differences(latest) or ["(nothing recorded)"]
