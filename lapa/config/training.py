@@ -10,12 +10,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-ACCELERATORS = ("auto", "cpu", "cuda", "gpu")  # gpu: an alias of cuda
 STRATEGIES = ("auto", "single", "ddp", "fsdp2")
 
 # Keys that never change the weights a run produces: changing them resumes the same run.
 # max_steps: a run may be extended (its checkpoints are resumable below the new limit).
 NOT_IN_IDENTITY = ("max_steps", "stop_after_steps", "keep_last", "cpu_threads")
+
+
+def not_in_identity(section: str) -> list[str]:
+    """Dotted keys of the ``TrainingConfig`` at ``section`` left out of a run's identity."""
+    return [f"{section}.{key}" for key in NOT_IN_IDENTITY]
 
 
 @dataclass

@@ -27,6 +27,7 @@ from typing import Any
 
 import torch
 
+from lapa.config.training import not_in_identity
 from lapa.data.action_codec import ActionStats
 from lapa.utils import checkpoint as ckpt
 from lapa.utils.run import (
@@ -44,7 +45,6 @@ from lapa.utils.run import (
     run_identity,
     set_cpu_threads,
     set_rng_state,
-    training_drop,
 )
 
 log = logging.getLogger(__name__)
@@ -106,7 +106,7 @@ def identity(
     config = config_values(
         cfg,
         ["seed", "finetune", "foundation", "data.loader", "data.sharding"],
-        [*training_drop(KEY), "foundation.training", "finetune.stats", "data.sharding.workers"],
+        [*not_in_identity(KEY), "foundation.training", "finetune.stats", "data.sharding.workers"],
     )
     inputs = {
         "foundation": foundation_dir,

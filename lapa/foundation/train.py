@@ -27,6 +27,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from lapa.config.training import not_in_identity
 from lapa.foundation.data import LabelSpec, check_batch, label_spec, preflight_shards
 from lapa.foundation.metrics import LatentAccuracy
 from lapa.utils import checkpoint as ckpt
@@ -45,7 +46,6 @@ from lapa.utils.run import (
     run_identity,
     set_cpu_threads,
     set_rng_state,
-    training_drop,
 )
 from lapa.vla.parallelize import RunPlan, full_state_dict, local_parameter_count, make_fabric, plan_run
 
@@ -105,7 +105,7 @@ def accumulation_steps(tcfg: Any, world_size: int) -> int:
 
 def identity(cfg: Any, backbones_dir, shards_dir, cache_dir=None) -> RunIdentity:
     """What decides the foundation weights: backbones and labelled shards by content, the config."""
-    config = config_values(cfg, ["seed", "foundation", "data.loader"], training_drop(KEY))
+    config = config_values(cfg, ["seed", "foundation", "data.loader"], not_in_identity(KEY))
     inputs = {"backbones": backbones_dir, "shards": shards_dir}
     return run_identity("foundation", inputs, config, cache_dir=cache_dir)
 

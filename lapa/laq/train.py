@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
+from lapa.config.training import not_in_identity
 from lapa.utils.io import atomic_path, atomic_write_json
 from lapa.utils.run import (
     RunIdentity,
@@ -30,7 +31,6 @@ from lapa.utils.run import (
     run_identity,
     set_cpu_threads,
     set_rng_state,
-    training_drop,
 )
 
 log = logging.getLogger(__name__)
@@ -39,7 +39,7 @@ KEY = "laq.training"
 CHECKPOINT_PREFIX = "step-"
 # keys of the laq section that change no weight of the run
 NOT_IN_IDENTITY = [
-    *training_drop(KEY),
+    *not_in_identity(KEY),
     f"{KEY}.export",
     f"{KEY}.num_images_to_log",
     "laq.label_batch_size",

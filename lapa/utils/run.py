@@ -6,8 +6,8 @@ Each stage keeps its own loop (``lapa/laq/train.py``, ``lapa/foundation/train.py
 Run identity
     A run is named by a hash of what decides its weights: the input artifacts by content (shard
     directories, action statistics, upstream checkpoints: every file's SHA-256), the resolved config
-    keys that decide the output (``max_steps`` and other keys in
-    ``lapa.config.training.NOT_IN_IDENTITY`` left out) and the command's output-relevant arguments.
+    keys that decide the output (the stage leaves out ``max_steps`` and the other keys of
+    ``lapa.config.training.NOT_IN_IDENTITY``) and the command's output-relevant arguments.
     A run lives in ``<workdir>/<identity[:16]>/`` with ``identity.json`` beside its checkpoints and
     logs, so it resumes only checkpoints made from the same inputs and settings; other inputs start
     fresh in their own folder (the log names what differs from the previous run there). A checkpoint
@@ -42,6 +42,7 @@ IDENTITY_FILE = "identity.json"
 DIGEST_CACHE = "digests.json"
 CURRENT_FILE = "current.json"
 _CHUNK = 8 << 20
+ACCELERATORS = ("auto", "cpu", "cuda", "gpu")  # TrainingConfig.accelerator; gpu is an alias of cuda
 
 
 class RunMismatch(ValueError):
@@ -132,13 +133,6 @@ def config_values(cfg: Any, keys: Sequence[str], drop: Sequence[str] = ()) -> di
                 if isinstance(node, dict):
                     node.pop(leaf, None)
     return out
-
-
-def training_drop(section: str) -> list[str]:
-    """The keys of ``<section>`` (a ``TrainingConfig``) that are left out of a run's identity."""
-    from lapa.config.training import NOT_IN_IDENTITY
-
-    return [f"{section}.{key}" for key in NOT_IN_IDENTITY]
 
 
 # -- identity ---------------------------------------------------------------------------------------
@@ -334,9 +328,7 @@ def set_rng_state(state: dict) -> None:
 
 
 def resolve_accelerator(value: str, key: str) -> str:
-    """``cpu`` or ``cuda`` from auto | cpu | cuda | gpu."""
-    from lapa.config.training import ACCELERATORS
-
+    """``cpu`` or ``cuda`` from auto | cpu | cuda | gpu (``TrainingConfig.accelerator``)."""
     if value not in ACCELERATORS:
         raise ValueError(f"{key} must be one of {', '.join(ACCELERATORS)}, got {value!r}")
     if value == "auto":
