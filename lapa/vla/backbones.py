@@ -148,11 +148,16 @@ class Backbones(NamedTuple):
     info: dict
 
 
-def load_backbones(path: str | os.PathLike, dtype: Any = None) -> Backbones:
-    """Read a backbones directory with local files only; ``dtype``: the Llama's load dtype (default fp32)."""
+def load_backbones(path: str | os.PathLike, dtype: Any = None, *, meta_llm: bool = False) -> Backbones:
+    """Read a backbones directory with local files only; ``dtype``: the Llama's load dtype (default fp32).
+
+    ``meta_llm=True`` returns the Llama built on the ``meta`` device without reading its weights
+    (for FSDP2: shard first, then ``lapa.vla.meta.materialize`` reads each rank's rows of
+    ``<path>/llm``).
+    """
     import torch
     from safetensors.torch import load_file
-    from transformers import AutoTokenizer, LlamaModel
+    from transformers import AutoTokenizer, LlamaConfig, LlamaModel
 
     path = Path(path)
     meta = path / "backbones.json"
@@ -164,7 +169,12 @@ def load_backbones(path: str | os.PathLike, dtype: Any = None) -> Backbones:
     if info.get("format") != BACKBONES_FORMAT:
         raise ValueError(f"{meta}: unsupported backbones format {info.get('format')!r}")
     tokenizer = AutoTokenizer.from_pretrained(path / "tokenizer", local_files_only=True)
-    llm = LlamaModel.from_pretrained(path / "llm", local_files_only=True, dtype=dtype or torch.float32)
+    if meta_llm:
+        from lapa.vla.meta import empty_llama
+
+        llm = empty_llama(LlamaConfig.from_pretrained(path / "llm", local_files_only=True))
+    else:
+        llm = LlamaModel.from_pretrained(path / "llm", local_files_only=True, dtype=dtype or torch.float32)
     vision_state = load_file(str(path / "vision.safetensors"))
     if llm.config.vocab_size < len(tokenizer):
         raise ValueError(

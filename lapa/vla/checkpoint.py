@@ -71,10 +71,10 @@ def load_foundation(path: str | os.PathLike, map_location: str | torch.device = 
     LatentActionHead, the HF tokenizer, the foundation section (typed DictConfig) and head.json.
     """
     from omegaconf import OmegaConf
-    from safetensors.torch import load_file
     from transformers import AutoTokenizer, LlamaConfig, LlamaModel
 
     from lapa.vla.heads import LatentActionHead
+    from lapa.vla.meta import TensorSource, materialize
     from lapa.vla.model import VLAModel
 
     path = Path(path)
@@ -87,18 +87,19 @@ def load_foundation(path: str | os.PathLike, map_location: str | torch.device = 
         raise ValueError(f"{path / 'head.json'}: unsupported head type {head_info.get('type')!r}")
     llm_config = LlamaConfig.from_dict(json.loads((path / "llm_config.json").read_text()))
     llm_config._attn_implementation = cfg.llm.attn_implementation or "sdpa"
-    llm = LlamaModel(llm_config)
-    head = LatentActionHead(llm_config.hidden_size, head_info["num_tokens"], head_info["vocab_size"])
-    model = VLAModel(
-        cfg, num_queries=int(head_info.get("num_queries", head_info["num_tokens"])), head=head, llm=llm
-    )
-    state = load_file(str(path / "model.safetensors"), device=str(map_location))
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise ValueError(
-            f"{path / 'model.safetensors'} does not match the model: "
-            f"missing {missing[:5]}, unexpected {unexpected[:5]}"
-        )
-    model.to(map_location).eval()
+    weights = path / "model.safetensors"
+    with torch.device("meta"):  # shapes only: the weights below are the only initialisation
+        head = LatentActionHead(llm_config.hidden_size, head_info["num_tokens"], head_info["vocab_size"])
+        num_queries = int(head_info.get("num_queries", head_info["num_tokens"]))
+        model = VLAModel(cfg, num_queries=num_queries, head=head, llm=LlamaModel(llm_config))
+    source = TensorSource().add_safetensors(weights)
+    unexpected = sorted(source.keys() - set(model.state_dict()))
+    if unexpected:
+        raise ValueError(f"{weights} does not match the model: unexpected {unexpected[:5]}")
+    try:
+        materialize(model, source, map_location)
+    except ValueError as exc:
+        raise ValueError(f"{weights} does not match the model: {exc}") from exc
+    model.eval()
     tokenizer = AutoTokenizer.from_pretrained(path / "tokenizer", local_files_only=True)
     return model, tokenizer, cfg, head_info

@@ -57,17 +57,27 @@ class VisionTower(nn.Module):
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.model = model
-        cfg = getattr(model, "pretrained_cfg", None) or {}
-        mean = cfg.get("mean", (0.5, 0.5, 0.5))
-        std = cfg.get("std", (0.5, 0.5, 0.5))
-        # uint8 -> normalised float in one affine step: x * scale + shift
-        scale = torch.tensor([1.0 / (255.0 * s) for s in std]).view(1, 3, 1, 1)
-        shift = torch.tensor([-m / s for m, s in zip(mean, std)]).view(1, 3, 1, 1)
+        scale, shift = self._normalization()
         self.register_buffer("scale", scale, persistent=False)
         self.register_buffer("shift", shift, persistent=False)
         self.num_prefix_tokens = int(getattr(model, "num_prefix_tokens", 0))
         self.grid_size = tuple(model.patch_embed.grid_size)
         self.embed_dim = int(model.embed_dim)
+
+    def _normalization(self, device: torch.device | str | None = None) -> tuple[Tensor, Tensor]:
+        """uint8 -> normalised float in one affine step ``x * scale + shift`` (the tower's mean/std)."""
+        cfg = getattr(self.model, "pretrained_cfg", None) or {}
+        mean = cfg.get("mean", (0.5, 0.5, 0.5))
+        std = cfg.get("std", (0.5, 0.5, 0.5))
+        scale = torch.tensor([1.0 / (255.0 * s) for s in std], device=device).view(1, 3, 1, 1)
+        shift = torch.tensor([-m / s for m, s in zip(mean, std)], device=device).view(1, 3, 1, 1)
+        return scale, shift
+
+    def reset_buffers(self, device: torch.device | str) -> None:
+        """Recompute the normalisation buffers (after meta-device construction and ``to_empty``)."""
+        scale, shift = self._normalization(device)
+        self.scale.copy_(scale)
+        self.shift.copy_(shift)
 
     @property
     def num_patches(self) -> int:
