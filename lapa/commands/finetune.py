@@ -16,8 +16,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         "finetune",
         help="finetune a foundation checkpoint (or a scratch model) to binned robot actions",
         description="Replace the latent head with a continuous action head and train on demonstration "
-        "shards. Reads: foundation dir (omit with finetune.init=scratch), backbones dir, action "
-        "statistics, demonstration shards. Writes: a policy directory.",
+        "shards (Fabric: one process, DDP or FSDP2 by finetune.training.{devices,num_nodes,strategy}). "
+        "A rerun resumes the run of the same inputs (by content) and settings from its newest checkpoint "
+        "in WORKDIR/<run identity>/; other inputs or settings start a fresh run. Reads: foundation dir "
+        "(omit with finetune.init=scratch), backbones dir, action statistics, demonstration shards. "
+        "Writes: a policy directory.",
     )
     p.add_argument(
         "--foundation", default=None, help="foundation checkpoint directory (not with init=scratch)"
@@ -26,7 +29,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--action-stats", required=True, help="action statistics JSON (lapa action-stats)")
     p.add_argument("--shards", required=True, help="demonstration shard directory (train/ and val/)")
     p.add_argument("--out", required=True, help="policy directory to write")
-    p.add_argument("--workdir", default=None, help="checkpoints and logs (default: <out>.work beside --out)")
+    p.add_argument(
+        "--workdir",
+        default=None,
+        help="checkpoints and logs, one folder per run identity (default: <out>.work beside --out)",
+    )
     add_config_arguments(p)
     p.set_defaults(func=run_finetune)
 

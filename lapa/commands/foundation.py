@@ -24,8 +24,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "train-foundation",
         help="pretrain the VLA on latent-labelled shards (Fabric; single, DDP or FSDP2)",
-        description="Train the foundation VLA to predict latent actions. Resumes from the newest checkpoint "
-        "in the work directory when rerun. Under Slurm: srun lapa train-foundation ... with "
+        description="Train the foundation VLA to predict latent actions. A rerun resumes the run of the same "
+        "backbones and shards (by content) and settings from its newest checkpoint in "
+        "WORKDIR/<run identity>/; other inputs or settings start a fresh run. Under Slurm: "
+        "srun lapa train-foundation ... with "
         "foundation.training.devices (tasks per node) and num_nodes set; locally devices=N starts "
         "N processes. Reads: backbones dir, labelled shards. Writes: the consolidated checkpoint --out.",
     )
@@ -34,7 +36,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--shards", required=True, help="latent-labelled shard directory (train/, val/, info.json)"
     )
     p.add_argument("--out", required=True, help="consolidated foundation checkpoint directory to write")
-    p.add_argument("--workdir", default=None, help="checkpoints and logs (default: <out>.work beside --out)")
+    p.add_argument(
+        "--workdir",
+        default=None,
+        help="checkpoints and logs, one folder per run identity (default: <out>.work beside --out)",
+    )
     add_config_arguments(p)
     p.set_defaults(func=_run_train_foundation)
 

@@ -11,10 +11,20 @@ log = logging.getLogger(__name__)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("train-laq", help="train the latent action quantizer on frame-pair shards")
+    p = sub.add_parser(
+        "train-laq",
+        help="train the latent action quantizer on frame-pair shards",
+        description="Train the LAQ. A rerun resumes the run of the same shards (by content) and settings "
+        "from its newest checkpoint in WORKDIR/<run identity>/; other shards or settings start a fresh run. "
+        "Reads: frame-pair shards. Writes: the checkpoint --out, <stem>.metrics.json, <stem>.recon.png.",
+    )
     p.add_argument("--shards", required=True, help="frame-pair shard directory")
     p.add_argument("--out", required=True, help="output checkpoint path (e.g. laq/laq.ckpt)")
-    p.add_argument("--workdir", default=None, help="scratch/resume directory (default: <out dir>/work)")
+    p.add_argument(
+        "--workdir",
+        default=None,
+        help="checkpoints and logs, one folder per run identity (default: <out dir>/work)",
+    )
     add_config_arguments(p)
     p.set_defaults(func=run_train)
 
