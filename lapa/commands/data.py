@@ -7,17 +7,36 @@ import argparse
 from lapa.commands import add_config_arguments, load_config_from_args
 
 _EPILOG = """\
-inputs: video files (mp4/webm/avi/mkv/mov, decoded with PyAV, sampled at data.sharding.fps),
-folders of image sequences (one folder = one episode), .txt files listing such paths (one a
-line), directories holding any of these, and LeRobot v3 dataset directories (with meta/info.json,
-e.g. the output of `lapa rollouts`). An optional <video>.txt beside a video holds its instruction.
+inputs: video files (mp4/webm/avi/mkv/mov, decoded with PyAV), folders of image sequences (one
+folder = one episode; 8/16-bit and float images scaled to 8 bits), .txt files listing such paths
+(one a line), directories holding any of these, and LeRobot v3 dataset directories (with
+meta/info.json, e.g. the output of `lapa rollouts`). An optional <video>.txt beside a video holds
+its instruction.
 
-output: DIR/train/*.tar and DIR/val/*.tar (split by video/episode from a hash of its id and
-data.sharding.split_seed), DIR/manifest.parquet (every sample and every skipped source with the
-reason) and DIR/info.json. DIR appears only when complete; rerunning rebuilds it.
+time: frames are sampled by presentation time: for each 1/fps step the nearest frame within half
+a step (variable frame rates included; fps=null keeps every frame). Pairs are (t, t+k) with k
+counted in kept frames (frame_offset), or (t, the frame nearest t + frame_offset_s seconds).
+Videos are shown as players show them: the display rotation of phone clips is applied.
 
-settings: data.sharding.* (fps, frame_offset, resize, crop, jpeg_quality, samples_per_shard,
-max_shard_bytes, val_fraction, split_seed, workers, on_error=raise|skip).
+LeRobot: each row gets the frame at its parquet timestamp (within timestamp_tolerance_s, LeRobot's
+1e-4 s) or the build stops naming the episode, row and gap. camera=<feature> picks the camera
+(required when there are several); demos with state_keys=[observation.state] carry state.npy.
+info.json records the camera and state keys.
+
+output: DIR/train/*.tar and DIR/val/*.tar, DIR/manifest.parquet (every sample and every skipped
+source or episode with the reason) and DIR/info.json (counts, skips, frames with NaN actions). Sample keys are
+<readable id>-<10 hex of SHA-256 of the source path>_<frame> (no dots); the same source given twice
+is an error naming both. Splits go by a hash of the episode id and split_seed, never leaving a
+split empty from two episodes on; train_episodes_per_task=N gives exactly N training episodes per
+task. DIR appears only when complete.
+
+resuming: the build runs in chunks of chunk_sources sources (LeRobot: episodes) kept in
+.DIR.build/ beside DIR; after a kill, the same command continues from the finished chunks and
+gives byte-identical shards (resume=false starts afresh).
+
+settings: data.sharding.* (fps, frame_offset, frame_offset_s, resize, crop, jpeg_quality,
+samples_per_shard, max_shard_bytes, val_fraction, split_seed, train_episodes_per_task, workers,
+on_error=raise|skip, chunk_sources, resume, camera, state_keys, timestamp_tolerance_s).
 """
 
 
