@@ -177,6 +177,28 @@ def test_other_shards_do_not_resume_the_previous_run(shards, tmp_path, caplog):
     assert json.loads(out.with_suffix(".metrics.json").read_text())["run_identity"] == second["run_identity"]
 
 
+def test_stopped_run_resumes_between_checkpoints_to_the_same_weights(shards, tmp_path):
+    """stop_after_steps leaves a checkpoint between the periodic ones; the rerun finishes exactly."""
+    short = [
+        "laq.training.max_steps=5",
+        "laq.training.checkpoint_every_steps=2",
+        "laq.training.val_every_steps=5",
+    ]
+    reference = train_laq(load_config("default", OVERRIDES + short), shards, tmp_path / "a" / "laq.ckpt")
+    stopped = load_config("default", OVERRIDES + [*short, "laq.training.stop_after_steps=3"])
+    first = train_laq(stopped, shards, tmp_path / "b" / "laq.ckpt")
+    assert first == {"complete": False, "global_step": 3} and not (tmp_path / "b" / "laq.ckpt").exists()
+    run = run_folder(tmp_path / "b" / "work")
+    assert (run / "checkpoints" / "step-00000003.ckpt").is_file()
+    second = train_laq(load_config("default", OVERRIDES + short), shards, tmp_path / "b" / "laq.ckpt")
+    assert second["complete"] and second["global_step"] == reference["global_step"] == 5
+    assert second["run_identity"] == reference["run_identity"]  # the same inputs and settings
+    _, ref_weights = _state(tmp_path / "a" / "laq.ckpt")
+    _, weights = _state(tmp_path / "b" / "laq.ckpt")
+    for name in ref_weights:
+        assert torch.equal(weights[name], ref_weights[name]), name
+
+
 def _tar_members(path):
     with tarfile.open(path) as tar:
         return {m.name: tar.extractfile(m).read() for m in tar.getmembers()}

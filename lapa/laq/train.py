@@ -112,7 +112,7 @@ def _run_callbacks(stop_at: int, every: int, ckpt_dir: Path):
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
             step = trainer.global_step  # the periodic ModelCheckpoint saves multiples of ``every``
             if step == stop_at and (every <= 0 or step % every):
-                trainer.save_checkpoint(ckpt_dir / f"{CHECKPOINT_PREFIX}{step:08d}.ckpt")
+                trainer.save_checkpoint(ckpt_dir / f"{CHECKPOINT_PREFIX}{step:08d}.ckpt", weights_only=False)
 
     return RunState()
 
@@ -297,7 +297,7 @@ def train_laq(cfg, shards: str | Path, out: str | Path, workdir: str | Path | No
     if val_loader is not None and (step % val_every != 0 or not task.last_val_metrics):
         trainer.validate(task, dataloaders=val_loader, verbose=False)
     final = ckpt_dir / "final.ckpt"
-    trainer.save_checkpoint(final)
+    trainer.save_checkpoint(final, weights_only=False)  # a full (resumable) checkpoint
     if not trainer.is_global_zero:
         return {}
     source = final
