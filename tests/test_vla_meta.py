@@ -90,6 +90,25 @@ def test_materialize_names_missing_and_misshapen_weights(tmp_path):
         materialize(empty_llama(config), TensorSource().add_tensors(full))
 
 
+def test_a_truncated_weights_file_is_an_error_naming_it(tmp_path):
+    from safetensors.torch import save_file
+
+    path = tmp_path / "w.safetensors"
+    save_file({"a": torch.arange(12, dtype=torch.float32).reshape(4, 3)}, str(path))
+    source = TensorSource().add_safetensors(path)
+    assert torch.equal(source.read("a", (slice(1, 3), slice(0, 3))), torch.arange(3, 9.0).reshape(2, 3))
+    assert torch.equal(
+        source.read("a", (slice(0, 4), slice(1, 2))), torch.tensor([[1.0], [4.0], [7.0], [10.0]])
+    )
+    data = path.read_bytes()
+    path.write_bytes(data[:-8])
+    with pytest.raises(ValueError, match="w.safetensors: file ends inside a tensor"):
+        TensorSource().add_safetensors(path).read("a", (slice(0, 4), slice(0, 3)))
+    path.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00not json at all!")
+    with pytest.raises(ValueError, match="w.safetensors: not a safetensors file"):
+        TensorSource().add_safetensors(path)
+
+
 WORKER = r"""
 import json, os, sys, torch, torch.distributed as dist
 from torch.distributed.device_mesh import init_device_mesh

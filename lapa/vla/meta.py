@@ -7,7 +7,7 @@ and loading a checkpoint by first building a randomly initialised model doubles 
 2. FSDP2's ``fully_shard`` shards the meta parameters (each rank's DTensors stay on meta).
 3. ``materialize`` allocates each rank's local shards (``Module.to_empty``), restores the
    non-persistent buffers (rotary frequencies) and copies into every local shard only the rows
-   it owns, read lazily from safetensors files (``safe_open(...).get_slice``) or sliced from
+   it owns, read from safetensors files with ``os.pread`` of exactly those rows, or sliced from
    in-memory tensors. No rank ever holds the full model.
 
 Without sharding the same path loads a checkpoint into a meta-built model with no random init.
@@ -18,10 +18,12 @@ Source: the meta-device initialisation of torchtitan and PyTorch's FSDP2 notes
 from __future__ import annotations
 
 import json
+import math
 import os
+import struct
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
@@ -35,18 +37,61 @@ def empty_llama(llm_config: Any) -> nn.Module:
         return LlamaModel(llm_config)
 
 
-class TensorSource:
-    """Named tensors to load from: safetensors files (read lazily) and in-memory tensors.
+_DTYPES = {
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
+    "BOOL": torch.bool,
+}
 
-    ``add_safetensors(files, prefix)`` maps each file key ``k`` to ``prefix + k``; a Hugging Face
+
+class _FileEntry(NamedTuple):
+    path: Path
+    dtype: torch.dtype
+    shape: tuple[int, ...]
+    begin: int  # absolute byte offset of the tensor's data in the file
+
+
+def _safetensors_header(path: Path) -> dict[str, _FileEntry]:
+    """The tensor table of a safetensors file (format: u64 header size, JSON header, data)."""
+    with open(path, "rb") as fh:
+        size = struct.unpack("<Q", fh.read(8))[0]
+        try:
+            header = json.loads(fh.read(size))
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ValueError(f"{path}: not a safetensors file ({exc})") from exc
+    entries = {}
+    for key, info in header.items():
+        if key == "__metadata__":
+            continue
+        if info["dtype"] not in _DTYPES:
+            raise ValueError(f"{path}: tensor {key} has unsupported dtype {info['dtype']}")
+        entries[key] = _FileEntry(
+            path, _DTYPES[info["dtype"]], tuple(info["shape"]), 8 + size + info["data_offsets"][0]
+        )
+    return entries
+
+
+class TensorSource:
+    """Named tensors to load from: safetensors files (read in blocks) and in-memory tensors.
+
+    ``add_safetensors(file, prefix)`` maps each file key ``k`` to ``prefix + k``; a Hugging Face
     directory (``model.safetensors`` or a sharded ``model.safetensors.index.json``) is accepted
     via ``add_hf_directory``. A key is looked up first in memory, then in the files.
+
+    File blocks are read with ``os.pread`` of exactly their rows (FSDP2 shards along dim 0), not
+    through a memory map, so a rank's resident memory holds its own rows and nothing else.
     """
 
     def __init__(self) -> None:
-        self._files: dict[str, tuple[Path, str]] = {}  # model key -> (file, key in file)
+        self._files: dict[str, _FileEntry] = {}
         self._memory: dict[str, torch.Tensor] = {}
-        self._open: dict[Path, Any] = {}
 
     def add_tensors(self, tensors: Mapping[str, torch.Tensor], prefix: str = "") -> TensorSource:
         for key, value in tensors.items():
@@ -54,13 +99,9 @@ class TensorSource:
         return self
 
     def add_safetensors(self, path: str | os.PathLike, prefix: str = "", strip: str = "") -> TensorSource:
-        from safetensors import safe_open
-
-        path = Path(path)
-        with safe_open(str(path), framework="pt") as fh:
-            for key in fh.keys():
-                name = key[len(strip) :] if strip and key.startswith(strip) else key
-                self._files[prefix + name] = (path, key)
+        for key, entry in _safetensors_header(Path(path)).items():
+            name = key[len(strip) :] if strip and key.startswith(strip) else key
+            self._files[prefix + name] = entry
         return self
 
     def add_hf_directory(self, directory: str | os.PathLike, prefix: str = "") -> TensorSource:
@@ -83,27 +124,39 @@ class TensorSource:
     def shape(self, key: str) -> tuple[int, ...]:
         if key in self._memory:
             return tuple(self._memory[key].shape)
-        return tuple(self._slice(key).get_shape())
+        return self._files[key].shape
 
     def read(self, key: str, index: tuple[slice, ...]) -> torch.Tensor:
-        """The block ``index`` (one slice per dimension) of tensor ``key``."""
+        """The block ``index`` (one slice per dimension, step 1) of tensor ``key``."""
         if key in self._memory:
             return self._memory[key][index]
-        if key not in self._files:
-            raise KeyError(key)
-        block = self._slice(key)[index] if index else self._slice(key)[:]
-        return block
+        entry = self._files[key]
+        if not entry.shape:
+            return self._rows(entry, 0, 1).reshape(())
+        rows = index[0] if index else slice(0, entry.shape[0])
+        block = self._rows(entry, rows.start or 0, entry.shape[0] if rows.stop is None else rows.stop)
+        return block[(slice(None), *index[1:])] if len(index) > 1 else block
 
-    def _slice(self, key: str):
-        from safetensors import safe_open
-
-        path, inner = self._files[key]
-        if path not in self._open:
-            self._open[path] = safe_open(str(path), framework="pt")
-        return self._open[path].get_slice(inner)
+    @staticmethod
+    def _rows(entry: _FileEntry, start: int, stop: int) -> torch.Tensor:
+        row_shape = entry.shape[1:]
+        row_bytes = math.prod(row_shape) * torch.empty((), dtype=entry.dtype).element_size()
+        out = torch.empty((stop - start, *row_shape), dtype=entry.dtype)
+        view = memoryview(out.view(torch.uint8).numpy()).cast("B") if out.numel() else memoryview(b"")
+        fd = os.open(entry.path, os.O_RDONLY)
+        try:
+            done, offset = 0, entry.begin + start * row_bytes
+            while done < len(view):
+                got = os.preadv(fd, [view[done:]], offset + done)
+                if got <= 0:
+                    raise ValueError(f"{entry.path}: file ends inside a tensor (truncated?)")
+                done += got
+        finally:
+            os.close(fd)
+        return out
 
     def close(self) -> None:
-        self._open.clear()
+        """Nothing is held open between reads; kept for symmetry with file-like sources."""
 
 
 def _local_block(param: torch.Tensor) -> tuple[torch.Tensor, tuple[slice, ...]]:
