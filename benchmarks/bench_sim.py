@@ -1,9 +1,14 @@
-"""Simulator throughput: rendered frames/s and expert-rollout steps/s with 1 and N workers.
+"""Simulator throughput: rendered frames/s and expert-rollout steps/s with 1 and N workers; and how
+far the frames a policy sees in closed-loop evaluation lie from its training frames.
 
 The rendering baseline is MuJoCo's default quality (shadow maps, 4x multisampling, reflections),
-which is what gymnasium's renderer uses; ours turns those off. Run:
+which is what gymnasium's renderer uses; ours turns those off. The image-fidelity baseline is the
+former path (x264 crf 10 in 4:2:0 for the rollout videos, raw renders in evaluation) beside
+lossless videos with raw renders and with the shards' observation path, plus the cost of each
+video (encode time, bytes per frame). Run:
 
     .venv/bin/python benchmarks/bench_sim.py [--sizes 64 224] [--frames 200] [--episodes 6] [--workers 2]
+    .venv/bin/python benchmarks/bench_sim.py --fidelity [--experiment metaworld_small] [--fidelity-episodes 1]
 """
 
 from __future__ import annotations
@@ -60,6 +65,108 @@ def rollout_steps_per_s(sim, episodes: int, workers: int) -> tuple[float, float,
     return total / (end - start), warm_steps / max(end - warm_t, 1e-9), total
 
 
+def _shard_images(raw, out, sharding) -> dict:
+    """(episode index, frame index) -> the image the demonstration shards store (``lapa shards``'s code)."""
+    import json
+
+    from lapa.data.build import build_shards
+    from lapa.data.codec import decode_jpeg
+    from lapa.data.shard_reader import iter_samples
+
+    build_shards("demos", [str(raw)], out, sharding, progress=False)
+    images = {}
+    for split in ("train", "val"):
+        for s in iter_samples(sorted((out / split).glob("*.tar"))):
+            meta = json.loads(s["json"])  # episode ids are "<dataset>/<episode index>"
+            images[(int(meta["episode_id"].rsplit("/", 1)[-1]), meta["frame_index"])] = decode_jpeg(
+                s["image.jpg"]
+            )
+    return images
+
+
+class _Recorder:
+    """The scripted experts, keeping every image they are shown."""
+
+    needs_state = True
+
+    def __init__(self) -> None:
+        from lapa.sim.policies import ExpertPolicy
+
+        self.expert, self.seen = ExpertPolicy(), []
+
+    def predict(self, image, instruction, *, state):
+        self.seen.append(image)
+        return self.expert.predict(image, instruction, state=state)
+
+
+def fidelity(experiment: str, episodes: int) -> None:
+    """Mean |difference| (grey levels) between the images a policy gets in closed loop and the
+    training shards' images of the same rendered states, for the former and the current paths."""
+    import tempfile
+    from pathlib import Path
+
+    import numpy as np
+
+    from lapa.config import load_config
+    from lapa.config.data import ShardingConfig
+    from lapa.data.images import resize_crop
+    from lapa.data.lerobot import write_lerobot_dataset
+    from lapa.data.shards import plain_settings
+    from lapa.evaluation.closed_loop import ShardObservation, run_episode
+    from lapa.sim.env import MetaWorldEnv
+    from lapa.sim.rollouts import episode_specs, iter_expert_episodes
+
+    cfg = load_config(experiment, [f"sim.demo_episodes_per_task={episodes}", "sim.demo_action_noise=0.0"])
+    sim = cfg.sim
+    settings = {**plain_settings(cfg.data.sharding), "val_fraction": 0.0, "workers": 1}
+    sharding = ShardingConfig(**{**settings, "train_episodes_per_task": None})
+    specs = episode_specs(sim, "demos")
+    eps = list(iter_expert_episodes(sim, specs, 1))
+    frames = sum(e.num_frames for e in eps)
+    print(
+        f"image fidelity: {experiment}, {len(eps)} expert episodes, {frames} frames at {sim.image_size} px; "
+        f"shards: resize {sharding.resize}, crop {sharding.crop}, jpeg {sharding.jpeg_quality}"
+    )
+    observe = ShardObservation.from_sharding(sharding)
+    seen: dict[str, dict] = {"raw": {}, "shards": {}}
+    for i, (ep, spec) in enumerate(zip(eps, specs)):
+        with MetaWorldEnv(
+            spec.task, camera=sim.camera, image_size=sim.image_size, max_steps=ep.num_frames, zoom=sim.zoom
+        ) as env:
+            for name, obs in (("raw", None), ("shards", observe)):
+                policy = _Recorder()
+                run_episode(policy, env, spec.seed, observation=obs)
+                for t, image in enumerate(policy.seen[: ep.num_frames]):
+                    seen[name][(i, t)] = resize_crop(image, sharding.resize, sharding.crop)
+
+    stored = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for video, kwargs in (("crf 10 4:2:0", {"crf": 10}), ("lossless", {"lossless": True})):
+            raw = Path(tmp) / ("lossless" if kwargs.get("lossless") else "crf10")
+            start = time.perf_counter()
+            write_lerobot_dataset(raw, iter(eps), eps[0].fps, **kwargs)
+            ms = 1000 * (time.perf_counter() - start) / frames
+            kib = sum(f.stat().st_size for f in (raw / "videos").rglob("*.mp4")) / frames / 1024
+            stored[video] = _shard_images(raw, Path(tmp) / f"{raw.name}_shards", sharding)
+            print(f"  video {video:13s}: dataset written in {ms:5.2f} ms/frame, {kib:5.2f} KiB/frame")
+    print("  |image a policy sees - training shard image| in grey levels: mean, per-channel bias, > 16")
+    for video, observation, note in (
+        ("crf 10 4:2:0", "raw", "baseline: the former path"),
+        ("lossless", "raw", "the shards' JPEG alone"),
+        ("lossless", "shards", "current: sim.eval_observation=shards"),
+    ):
+        keys = [k for k in stored[video] if k in seen[observation]]
+        d = np.stack([seen[observation][k] for k in keys]).astype(np.int16)
+        d -= np.stack([stored[video][k] for k in keys]).astype(np.int16)
+        bias = np.round(d.mean(axis=(0, 1, 2)), 2).tolist()
+        print(
+            f"    {video:13s} video, {observation:6s} eval: {np.abs(d).mean():6.3f}  {bias}  "
+            f"{100 * (np.abs(d) > 16).mean():5.2f}%  ({len(keys)} frames; {note})"
+        )
+    moves = np.mean([np.abs(np.diff(e.frames.astype(np.int16), axis=0)).mean() for e in eps])
+    print(f"  for scale: consecutive raw frames differ by {moves:.3f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -69,7 +176,13 @@ def main() -> None:
     parser.add_argument("--episodes", type=int, default=12)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--camera", default="zoom")
+    parser.add_argument("--fidelity", action="store_true", help="only the image-fidelity comparison")
+    parser.add_argument("--experiment", default="metaworld_small", help="config of the fidelity comparison")
+    parser.add_argument("--fidelity-episodes", type=int, default=1, help="expert episodes per task")
     args = parser.parse_args()
+    if args.fidelity:
+        fidelity(args.experiment, args.fidelity_episodes)
+        return
 
     from lapa.config import load_config
 

@@ -332,3 +332,60 @@ def test_action_targets_need_actions(tmp_path):
     with pytest.raises(ValueError, match=r"\.tar: sample .* has no action"):
         label_shards(tmp_path / "shards", tmp_path / "out", target, num_workers=0)
     assert not (tmp_path / "out").exists()
+
+
+def test_action_targets_use_the_intended_action_when_pairs_record_one(tmp_path):
+    """Pairs carrying ``intended_action`` (rollouts with exploration noise) are labelled with it under
+    the default source, with the executed one on request; the report names the source used."""
+    from lapa.data.action_codec import ActionStats
+    from lapa.data.shard_reader import iter_samples
+    from lapa.laq.label import ActionTarget, label_shards
+
+    cfg = load_config("default", SHARDING)
+    episodes = sprite_episodes(6, length=6, seed=3)
+    rng = np.random.default_rng(1)
+    for ep in episodes:
+        ep.intended_actions = (ep.actions + rng.normal(0.0, 2.0, ep.actions.shape)).astype(np.float32)
+    write_pair_shards(episodes, tmp_path / "pairs", cfg.data.sharding)
+    by_key = {}
+    for ep in episodes:
+        stem = ep.episode_id
+        for t in range(ep.num_frames):
+            by_key[(stem, t)] = (ep.intended_actions[t], ep.actions[t])
+    stats = ActionStats.from_actions(
+        np.concatenate([np.concatenate([e.actions, e.intended_actions]) for e in episodes]), num_bins=16
+    )
+
+    def labels(source):
+        out = tmp_path / source
+        report = label_shards(tmp_path / "pairs", out, ActionTarget(stats, source), num_workers=0)
+        rows = []
+        for tar in sorted(out.rglob("*.tar")):
+            for s in iter_samples(tar):
+                meta = json.loads(s["json"])
+                rows.append(
+                    (np.load(io.BytesIO(s["latent.npy"])), by_key[(meta["video_id"], meta["frame_index"])])
+                )
+        return report, rows
+
+    report, rows = labels("auto")
+    assert report["action_source"] == "intended" and report["action_source_counts"]["executed"] == 0
+    for code, (intended, _) in rows:
+        np.testing.assert_array_equal(code, stats.quantize(intended))
+    report, rows = labels("executed")
+    assert report["action_source"] == "executed" and report["action_source_counts"]["intended"] == 0
+    for code, (_, executed) in rows:
+        np.testing.assert_array_equal(code, stats.quantize(executed))
+    assert (
+        sum((stats.quantize(i) != stats.quantize(e)).any() for _, (i, e) in rows) > len(rows) // 2
+    )  # the two sources give other labels
+
+    write_pair_shards(sprite_episodes(4, length=5), tmp_path / "plain", cfg.data.sharding)
+    report = label_shards(tmp_path / "plain", tmp_path / "plain_auto", ActionTarget(stats), num_workers=0)
+    assert report["action_source"] == "executed"  # no intended actions: the executed ones, said so
+    with pytest.raises(ValueError, match=r"\.tar: sample .* has no intended action"):
+        label_shards(
+            tmp_path / "plain", tmp_path / "plain_int", ActionTarget(stats, "intended"), num_workers=0
+        )
+    with pytest.raises(ValueError, match="action source must be one of"):
+        ActionTarget(stats, "expert")

@@ -116,7 +116,107 @@ def test_eval_sim_command(tmp_path):
             ]
         )
     assert exit_info.value.code == 0
-    assert json.loads((out / "metrics.json").read_text())["overall"]["episodes"] == 1
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["overall"]["episodes"] == 1
+    assert metrics["observation"] == "shards (resize 64, crop 64, jpeg 95)"  # the default config's shards
     with pytest.raises(SystemExit) as exit_info:
         main(["eval-sim", "--policy", str(tmp_path / "missing"), "--out", str(tmp_path / "x")])
     assert exit_info.value.code == 1
+
+
+class _Recorder:
+    """The scripted experts, remembering every image they were shown."""
+
+    needs_state = True
+
+    def __init__(self) -> None:
+        from lapa.sim.policies import ExpertPolicy
+
+        self.expert, self.seen = ExpertPolicy(), []
+
+    def predict(self, image, instruction, *, state):
+        self.seen.append(np.array(image))
+        return self.expert.predict(image, instruction, state=state)
+
+
+def _shard_frames(sim, sharding, tmp_path, name: str) -> dict[int, np.ndarray]:
+    """Demonstration rollouts -> LeRobot -> demo shards (the real path); frame index -> stored image."""
+    from lapa.data.build import build_shards
+    from lapa.data.codec import decode_jpeg
+    from lapa.data.shard_reader import iter_samples
+    from lapa.sim.rollouts import generate_rollouts
+
+    generate_rollouts(sim, "demos", tmp_path / name)
+    build_shards("demos", [str(tmp_path / name)], tmp_path / f"{name}_shards", sharding, progress=False)
+    tars = sorted((tmp_path / f"{name}_shards" / "train").glob("*.tar"))
+    return {json.loads(s["json"])["frame_index"]: decode_jpeg(s["image.jpg"]) for s in iter_samples(tars)}
+
+
+@pytest.mark.sim
+def test_evaluation_frames_match_training_frames(tmp_path):
+    """The images a policy sees in closed loop and the training shards' images of the same rendered
+    states: identical with lossless rollout videos and the shards' observation path; off by exactly
+    the shards' JPEG error with raw renders; further off with the former crf-10 4:2:0 videos."""
+    pytest.importorskip("metaworld")
+    from lapa.config import load_config
+    from lapa.data.codec import decode_jpeg, encode_jpeg
+    from lapa.data.images import resize_crop
+    from lapa.evaluation.closed_loop import ShardObservation, observation_for, run_episode
+    from lapa.sim.env import MetaWorldEnv
+
+    overrides = [
+        "sim.tasks=[reach-v3]",
+        "sim.image_size=32",
+        "sim.max_steps=12",
+        "sim.demo_episodes_per_task=1",
+        "sim.workers=1",
+        "data.sharding.resize=28",
+        "data.sharding.crop=24",
+        "data.sharding.val_fraction=0",
+        "data.sharding.workers=1",
+    ]
+    cfg = load_config("default", overrides, configs_root=CONFIGS)
+    sim, sharding = cfg.sim, cfg.data.sharding
+    lossless = _shard_frames(sim, sharding, tmp_path, "lossless")
+    cfg_crf = load_config("default", [*overrides, "sim.video_lossless=false"], configs_root=CONFIGS)
+    crf10 = _shard_frames(cfg_crf.sim, sharding, tmp_path, "crf10")
+
+    observation = observation_for(sim, sharding)
+    assert isinstance(observation, ShardObservation)
+    seen = {}
+    with MetaWorldEnv("reach-v3", image_size=32, max_steps=12) as env:
+        for name, obs in (("shards", observation), ("raw", None)):
+            policy = _Recorder()
+            run_episode(policy, env, int(sim.demo_seed), observation=obs)
+            seen[name] = policy.seen
+    n = min(len(seen["shards"]), len(lossless))
+    assert n >= 10
+
+    def mean_diff(a, b):
+        return float(np.mean([np.abs(a[t].astype(int) - b[t].astype(int)).mean() for t in range(n)]))
+
+    for t in range(n):  # lossless videos + the shards' observation path: the same pixels
+        np.testing.assert_array_equal(seen["shards"][t], lossless[t])
+    raw = [resize_crop(image, 28, 24) for image in seen["raw"]]
+    jpeg_error = mean_diff(raw, [decode_jpeg(encode_jpeg(image, sharding.jpeg_quality)) for image in raw])
+    assert mean_diff(raw, lossless) == pytest.approx(jpeg_error, abs=1e-9)  # the JPEG and nothing else
+    assert 0 < jpeg_error < 3
+    assert mean_diff(seen["shards"], crf10) > 1.0  # the lossy video's own error, which the test catches
+    with pytest.raises(ValueError, match="sim.eval_observation"):
+        observation_for(load_config("default", ["sim.eval_observation=jpeg"]).sim, sharding)
+
+
+def test_results_refuse_arms_seen_through_other_observation_paths(tmp_path):
+    from lapa.evaluation.results import ArmResults, check_comparable
+
+    def arm(name, observation):
+        metrics = {"per_task": {"reach-v3": {}}, "episodes_per_task": 2, "seed_range": [0, 2]}
+        result = ArmResults(name, sim={"0": {**metrics, "observation": observation}})
+        result.paths[("sim", "0")] = tmp_path / name
+        return result
+
+    check_comparable({"scratch": arm("scratch", "raw"), "lapa": arm("lapa", "raw")})
+    with pytest.raises(ValueError, match="arm 'lapa'.*observation='raw'"):
+        check_comparable(
+            {"scratch": arm("scratch", "shards (resize 64, crop 64, jpeg 95)"), "lapa": arm("lapa", "raw")}
+        )

@@ -39,6 +39,15 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="label with the LAQ's latent codes (laq) or with the binned true actions (actions: the "
         "action-pretrained comparison arm; needs --action-stats and pairs that carry actions)",
     )
+    p.add_argument(
+        "--action-source",
+        choices=["auto", "intended", "executed"],
+        default="auto",
+        help="targets=actions: which action of a pair is binned: auto (the intended action, the "
+        "controller's before exploration noise, where the pair records one, else the executed one), "
+        "intended (required on every pair), executed. label_report.json says which was used "
+        "(action_source, action_source_counts)",
+    )
     p.add_argument("--action-stats", default=None, help="action statistics JSON (targets=actions)")
     p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     add_config_arguments(p)
@@ -67,7 +76,7 @@ def run_label(args: argparse.Namespace) -> int:
         if args.action_stats is None:
             raise ValueError("--action-stats is required with --targets actions")
         target, source = (
-            ActionTarget(ActionStats.load(args.action_stats)),
+            ActionTarget(ActionStats.load(args.action_stats), source=args.action_source),
             {"action_stats": args.action_stats},
         )
     else:
@@ -88,4 +97,8 @@ def run_label(args: argparse.Namespace) -> int:
         extra_info=source,
     )
     log.info("labelled %s into %s", report["counts"], args.out)
+    if "action_source" in report:
+        log.info(
+            "action targets from %s actions: %s", report["action_source"], report["action_source_counts"]
+        )
     return 0

@@ -14,19 +14,25 @@ sim.eval_seed; overlapping ranges are an error). Frames come from sim.camera at 
 an episode stops sim.steps_after_success steps after the first success or at sim.max_steps.
 
 output: a LeRobot v3.0 dataset (meta/info.json, meta/tasks.parquet, meta/episodes/, data/,
-videos/observation.image/) plus meta/rollouts.json (expert success per task). DIR appears only
-when complete; rerunning rebuilds it.
+videos/observation.image/) plus meta/rollouts.json (expert success per task). Features:
+observation.image, action (executed, with the split's exploration noise), action.intended (the
+expert's action before noise), next.success. Videos are lossless by default (sim.video_lossless:
+RGB H.264 at qp 0), so they hold the rendered pixels exactly. DIR appears only when complete;
+rerunning rebuilds it.
 """
 
 _EVAL_EPILOG = """\
 The policy sees the rendered image (sim.camera, sim.image_size) and the task's instruction and
-returns a 4-D action. Per task, N episodes (--episodes, else evaluation.episodes_per_task, else
+returns a 4-D action. With sim.eval_observation=shards (the default) the image first goes the
+way training frames went into shards (data.sharding resize and crop, JPEG at
+data.sharding.jpeg_quality), so it matches them pixel for pixel; sim.eval_observation=raw gives
+the render as it is. Per task, N episodes (--episodes, else evaluation.episodes_per_task, else
 sim.eval_episodes_per_task) on layout seeds sim.eval_seed + 0..N-1; an episode succeeds at its
 first success within sim.max_steps steps.
 
 output: DIR/metrics.json (success per task and overall with Wilson intervals at
-evaluation.confidence), DIR/episodes.csv, DIR/videos/*.mp4 (sim.save_videos per task). DIR
-appears only when complete.
+evaluation.confidence, the observation path), DIR/episodes.csv, DIR/videos/*.mp4
+(sim.save_videos per task). DIR appears only when complete.
 """
 
 
@@ -94,9 +100,10 @@ def _load_policy(args: argparse.Namespace):
 
 
 def _run_eval_sim(args: argparse.Namespace) -> int:
-    from lapa.evaluation.closed_loop import evaluate_policy
+    from lapa.evaluation.closed_loop import evaluate_policy, observation_for
 
     cfg = load_config_from_args(args)
+    observation = observation_for(cfg.sim, cfg.data.sharding)
     episodes = args.episodes or cfg.evaluation.episodes_per_task or cfg.sim.eval_episodes_per_task
     policy, name = _load_policy(args)
     metrics = evaluate_policy(
@@ -109,6 +116,7 @@ def _run_eval_sim(args: argparse.Namespace) -> int:
         confidence=float(cfg.evaluation.confidence),
         policy_name=name,
         progress=not args.no_progress,
+        observation=observation,
     )
     print(json.dumps({"overall": metrics["overall"], "out": args.out}, indent=2))
     return 0

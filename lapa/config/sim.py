@@ -33,7 +33,9 @@ class SimConfig:
     # Exploration noise on the expert's actions, per split (std in action units, temporally
     # correlated). A deterministic expert's next move is predictable from frame t alone, so a
     # latent action model trained on its videos needs no codes; noisy "play" makes motion
-    # something only the codes can explain. The recorded action is the one executed.
+    # something only the codes can explain. The recorded ``action`` is the one executed; the
+    # expert's own action before noise is recorded beside it as ``action.intended`` (what the
+    # action-pretrained arm learns: the executed noise is not predictable from an image).
     pretrain_action_noise: float = 0.0
     demo_action_noise: float = 0.0
     action_noise_correlation: float = 0.8  # AR(1) coefficient of the noise between steps
@@ -45,5 +47,15 @@ class SimConfig:
     demo_seed: int = 100_000
     eval_seed: int = 200_000
     workers: int = 2  # processes rendering rollouts
-    video_crf: int = 10  # x264 quality of the dataset videos (lower is better)
+    # Dataset videos store the rendered frames exactly (RGB H.264 at qp 0, about 3x the bytes of
+    # crf 10), so training frames and the frames evaluation renders differ only by the shards' JPEG.
+    # false: x264 at video_crf in 4:2:0 (lower is better; crf 10 is off by ~2.7 grey levels at 64 px).
+    video_lossless: bool = True
+    video_crf: int = 10
+    # What a policy sees in closed-loop evaluation: "shards" passes each rendered frame through the
+    # shards' own path (resize and crop to data.sharding, then a JPEG round trip at
+    # data.sharding.jpeg_quality), so it matches its training frames pixel for pixel; "raw" gives
+    # the render as it is (it then differs from training frames by the JPEG error, ~1.7 grey
+    # levels at 64 px and quality 95).
+    eval_observation: str = "shards"
     save_videos: int = 2  # rollout videos kept per task during evaluation

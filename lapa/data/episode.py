@@ -16,7 +16,9 @@ class Episode:
     ``state`` is float32 [T, S] (the robot state at each frame) or None. ``timestamps`` is float64
     [T], seconds from the episode's start, or None for frames ``1/fps`` apart. ``uid`` identifies
     the source (a file path, or a dataset path and episode index) for sample keys; the
-    ``source`` (else the ``episode_id``) stands in when it is empty.
+    ``source`` (else the ``episode_id``) stands in when it is empty. ``intended_actions`` is float32
+    [T, A] or None: the action the controller meant at each frame when the executed ``actions``
+    carry exploration noise (simulator rollouts record both).
     """
 
     episode_id: str  # unique across the dataset; used for the train/val split
@@ -31,6 +33,7 @@ class Episode:
     state: np.ndarray | None = None
     timestamps: np.ndarray | None = None
     uid: str = ""
+    intended_actions: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         if self.frames.ndim != 4 or self.frames.shape[-1] != 3 or self.frames.dtype != np.uint8:
@@ -41,7 +44,7 @@ class Episode:
         n = len(self.frames)
         if self.actions is not None and len(self.actions) != n:
             raise ValueError(f"{self.source or self.episode_id}: {len(self.actions)} actions for {n} frames")
-        for name in ("success", "state", "timestamps"):
+        for name in ("success", "state", "timestamps", "intended_actions"):
             value = getattr(self, name)
             if value is not None and len(value) != n:
                 raise ValueError(f"{self.source or self.episode_id}: {len(value)} {name} rows for {n} frames")

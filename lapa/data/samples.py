@@ -139,13 +139,15 @@ def _time_indices(times: np.ndarray, last_duration: float, fps: float | None) ->
 
 @dataclass
 class PairFrame:
-    """A kept frame waiting for its partner: native ``index``, ``time`` (s), JPEG bytes, its action."""
+    """A kept frame waiting for its partner: native ``index``, ``time`` (s), JPEG bytes, its action
+    (the executed one) and, when the source records it, the ``intended`` action (before noise)."""
 
     index: int
     time: float
     jpeg: bytes
     action: list | None
     ordinal: int = 0  # position among the kept frames
+    intended: list | None = None
 
 
 class PairMaker:
@@ -188,6 +190,8 @@ class PairMaker:
             "offset_s": round(b.time - a.time, 6),
             "action": a.action,
         }
+        if a.intended is not None:
+            meta["intended_action"] = a.intended
         return {"__key__": sample_key(self.stem, a.index), "t.jpg": a.jpeg, "t1.jpg": b.jpeg, "json": meta}
 
     def _resolve_first(self, final: bool) -> dict | None:
@@ -259,9 +263,12 @@ def iter_pair_samples(
     quality: int,
     stats: dict,
 ) -> Iterator[dict]:
-    """Pair samples from kept frames ``(index, time, image uint8 [S,S,3], action or None)``.
+    """Pair samples from kept frames ``(index, time, image uint8 [S,S,3], action or None[, intended
+    action or None])``.
 
-    Each frame is JPEG-encoded once, when it arrives. ``stats`` receives ``kept``, ``pairs``,
+    Each frame is JPEG-encoded once, when it arrives. A pair's JSON holds frame t's ``action`` and,
+    when given, its ``intended_action`` (non-finite ones become None like actions; they are not
+    counted in ``nan_actions``). ``stats`` receives ``kept``, ``pairs``,
     ``nan_actions``, ``unmatched`` and, when no pair came out, ``too_short`` (the reason).
     """
     maker = PairMaker(
@@ -272,10 +279,12 @@ def iter_pair_samples(
         tolerance_s=tolerance_s,
     )
     nan_actions = 0
-    for index, time, image, action in frames:
+    for index, time, image, action, *intended in frames:
         clean, was_nan = clean_action(action)
         nan_actions += was_nan
-        yield from maker.push(PairFrame(int(index), float(time), encode_jpeg(image, quality), clean))
+        frame = PairFrame(int(index), float(time), encode_jpeg(image, quality), clean)
+        frame.intended = clean_action(intended[0])[0] if intended else None
+        yield from maker.push(frame)
     yield from maker.finish()
     stats.update(kept=maker.kept, pairs=maker.pairs, nan_actions=nan_actions, unmatched=maker.unmatched)
     if maker.pairs == 0:
@@ -330,6 +339,7 @@ def pair_samples(
     keep = _time_indices(times, 1.0 / float(episode.fps), fps)
     actions = _clean_actions(episode)
     out.action_dim = None if actions is None else int(actions.shape[1])
+    intended = None if episode.intended_actions is None else np.asarray(episode.intended_actions, np.float32)
     native = episode.meta.get("native_frame_indices")  # frames sampled at decode time keep their numbering
     number = (lambda i: int(native[i])) if native is not None else int
     frames = (
@@ -338,6 +348,7 @@ def pair_samples(
             times[i],
             resize_crop(episode.frames[i], resize, crop),
             None if actions is None else actions[i],
+            None if intended is None else intended[i],
         )
         for i in keep
     )

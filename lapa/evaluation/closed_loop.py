@@ -4,6 +4,13 @@ A policy is any object with ``predict(image_uint8_hwc, instruction) -> action[4]
 sets ``needs_state = True`` is also given ``state=`` (the scripted experts), and an optional
 ``reset()`` is called before each episode. Layouts come from the evaluation seed range, never
 used for pretraining videos or demonstrations. An episode counts as solved at its first success.
+
+The observation path: a policy sees the rendered frame, or with an ``observation`` transform
+(``ShardObservation``, what ``lapa eval-sim`` uses under ``sim.eval_observation: shards``) the
+frame as the shard writer would have stored it: resized and cropped like ``data.sharding`` and
+through the same JPEG round trip. Rollout videos are lossless (``sim.video_lossless``), so the
+frames a policy is trained on and the frames it sees here are then identical for the same
+rendered state.
 """
 
 from __future__ import annotations
@@ -14,6 +21,7 @@ import logging
 import math
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 from statistics import NormalDist
 from typing import Any
@@ -64,6 +72,42 @@ def _check_eval_seeds(sim: Any, seed: int, episodes: int) -> None:
             )
 
 
+class ShardObservation:
+    """A rendered frame as the shards store it: ``resize_crop(resize, crop)``, then JPEG (4:4:4) at
+    ``quality`` and back. ``__call__``: uint8 [H, W, 3] -> uint8 [crop, crop, 3]."""
+
+    def __init__(self, resize: int, crop: int, quality: int) -> None:
+        if crop > resize:
+            raise ValueError(f"data.sharding.crop ({crop}) must not exceed data.sharding.resize ({resize})")
+        if not 1 <= int(quality) <= 100:
+            raise ValueError(f"data.sharding.jpeg_quality must be in [1, 100], got {quality}")
+        self.resize, self.crop, self.quality = int(resize), int(crop), int(quality)
+
+    @classmethod
+    def from_sharding(cls, sharding: Any) -> ShardObservation:
+        """The path of ``data.sharding`` (its ``resize``, ``crop`` and ``jpeg_quality``)."""
+        return cls(sharding.resize, sharding.crop, sharding.jpeg_quality)
+
+    def __call__(self, image: np.ndarray) -> np.ndarray:
+        from lapa.data.codec import decode_jpeg, encode_jpeg
+        from lapa.data.images import resize_crop
+
+        return decode_jpeg(encode_jpeg(resize_crop(image, self.resize, self.crop), self.quality))
+
+    def describe(self) -> str:
+        return f"shards (resize {self.resize}, crop {self.crop}, jpeg {self.quality})"
+
+
+def observation_for(sim: Any, sharding: Any) -> ShardObservation | None:
+    """The observation transform ``sim.eval_observation`` asks for: ``shards`` or ``raw`` (None)."""
+    mode = str(getattr(sim, "eval_observation", "shards"))
+    if mode == "raw":
+        return None
+    if mode == "shards":
+        return ShardObservation.from_sharding(sharding)
+    raise ValueError(f"sim.eval_observation must be 'shards' or 'raw', got {mode!r}")
+
+
 def _act(policy: Any, image: np.ndarray, instruction: str, obs: np.ndarray) -> np.ndarray:
     if getattr(policy, "needs_state", False):
         action = policy.predict(image, instruction, state=obs)
@@ -73,8 +117,18 @@ def _act(policy: Any, image: np.ndarray, instruction: str, obs: np.ndarray) -> n
     return action
 
 
-def run_episode(policy: Any, env: Any, seed: int, keep_frames: bool = False) -> dict:
-    """One closed-loop episode on ``env``; stops at the first success or the step cap."""
+def run_episode(
+    policy: Any,
+    env: Any,
+    seed: int,
+    keep_frames: bool = False,
+    observation: Callable[[np.ndarray], np.ndarray] | None = None,
+) -> dict:
+    """One closed-loop episode on ``env``; stops at the first success or the step cap.
+
+    The policy is given ``observation(frame)`` (the rendered frame when None); kept frames are
+    the renders.
+    """
     from lapa.sim.env import ACTION_DIM
 
     if hasattr(policy, "reset"):
@@ -84,7 +138,8 @@ def run_episode(policy: Any, env: Any, seed: int, keep_frames: bool = False) -> 
     success, first_success, predict_s = False, None, 0.0
     while True:
         t0 = time.perf_counter()
-        action = _act(policy, image, env.instruction, obs)
+        seen = image if observation is None else observation(image)
+        action = _act(policy, seen, env.instruction, obs)
         predict_s += time.perf_counter() - t0
         if action.shape != (ACTION_DIM,):
             raise ValueError(
@@ -123,12 +178,15 @@ def evaluate_policy(
     confidence: float = 0.95,
     policy_name: str = "",
     progress: bool = True,
+    observation: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> dict:
     """Evaluate ``policy`` on ``tasks`` x ``episodes_per_task`` seeded layouts; write the results.
 
     Episode j of every task uses layout seed ``seed + j``. ``out_dir`` receives ``metrics.json``
     (per-task and overall success with Wilson intervals), ``episodes.csv`` and the first
-    ``save_videos`` rollouts of each task under ``videos/``; it appears only when complete.
+    ``save_videos`` rollouts of each task under ``videos/``; it appears only when complete. The
+    policy sees ``observation(frame)`` (e.g. ``ShardObservation``), else the rendered frame;
+    ``metrics.json`` records which under ``observation``.
     """
     from tqdm import tqdm
 
@@ -158,7 +216,9 @@ def evaluate_policy(
             ) as env:
                 for j in range(episodes_per_task):
                     keep = j < save_videos
-                    result = run_episode(policy, env, int(seed) + j, keep_frames=keep)
+                    result = run_episode(
+                        policy, env, int(seed) + j, keep_frames=keep, observation=observation
+                    )
                     frames = result.pop("frames")
                     if keep:
                         outcome = "success" if result["success"] else "fail"
@@ -186,6 +246,9 @@ def evaluate_policy(
             "max_steps": max_steps,
             "camera": cfg_sim.camera,
             "image_size": int(cfg_sim.image_size),
+            "observation": "raw"
+            if observation is None
+            else getattr(observation, "describe", lambda: type(observation).__name__)(),
             "mean_predict_ms": float(np.mean([r["predict_ms"] for r in rows])),
             "wall_s": time.time() - started,
         }

@@ -5,7 +5,8 @@ Inputs are evaluation directories (``sim`` or ``offline``, each with a ``metrics
 arm and finetuning seed, named ``[ARM[@SEED]=]DIR``: without a label the arm is the folder above
 ``DIR`` (``.../eval/<arm>/sim``), or the one above a ``seed<N>`` folder
 (``.../eval/<arm>/seed<N>/sim``, finetuning seed N). Arms must have been evaluated alike (same
-tasks, episodes per task, evaluation seeds, step cap, camera, image size and finetuning seeds);
+tasks, episodes per task, evaluation seeds, step cap, camera, image size, observation path and
+finetuning seeds);
 anything else is refused, naming the arm and the field.
 
 Statistics:
@@ -44,7 +45,16 @@ ARM_ORDER = ("lapa", "scratch", "action_pretrained")
 REFERENCE_ARM = "scratch"
 DEFAULT_SEED = "0"
 # What must agree between every evaluation of a comparison (closed loop; offline).
-SIM_FIELDS = ("tasks", "episodes_per_task", "seed_range", "max_steps", "camera", "image_size", "confidence")
+SIM_FIELDS = (
+    "tasks",
+    "episodes_per_task",
+    "seed_range",
+    "max_steps",
+    "camera",
+    "image_size",
+    "observation",
+    "confidence",
+)
 OFFLINE_FIELDS = ("num_samples",)
 _SEED_DIR = re.compile(r"seed[-_]?(\w+)$")
 _SPEC = re.compile(r"^(?P<arm>[A-Za-z0-9_.-]+)(?:@(?P<seed>[A-Za-z0-9_.-]+))?=(?P<path>.+)$")

@@ -64,33 +64,72 @@ class LAQTarget:
             return self.model.predict_indices(ft, ft1).cpu().numpy().astype(np.int64)
 
 
+ACTION_SOURCES = ("auto", "intended", "executed")
+
+
 class ActionTarget:
-    """The binned true action taken at frame t: the action-pretrained comparison arm.
+    """The binned true action at frame t: the action-pretrained comparison arm.
 
     It labels the same pairs as the LAQ would, so the two arms differ only in their targets:
     one token per action dimension, ``num_bins`` values each, binned with the demonstrations'
-    action statistics.
+    action statistics. Which action: ``source="auto"`` takes a pair's ``intended_action`` (the
+    controller's action before exploration noise, recorded by simulator rollouts) when it has one,
+    else its executed ``action``; ``"intended"`` requires the intended one (ValueError naming the
+    shard and sample otherwise); ``"executed"`` always takes the executed one. The executed action
+    of noisy videos adds noise that no image predicts. ``report()`` counts the pairs labelled
+    from each.
     """
 
     name = "actions"
     needs_images = False
 
-    def __init__(self, stats):
-        self.stats = stats
+    def __init__(self, stats, source: str = "auto"):
+        if source not in ACTION_SOURCES:
+            raise ValueError(f"action source must be one of {', '.join(ACTION_SOURCES)}, got {source!r}")
+        self.stats, self.source = stats, source
         self.num_tokens, self.vocab_size = stats.action_dim, stats.num_bins
+        self.used = {"intended": 0, "executed": 0}
+
+    def _pick(self, meta: dict) -> tuple[np.ndarray | None, str]:
+        if self.source != "executed":
+            intended = _action_of(meta, "intended_action")
+            if intended is not None or self.source == "intended":
+                return intended, "intended"
+        return _action_of(meta), "executed"
 
     def __call__(self, batch: dict) -> np.ndarray:
-        actions = []
+        actions, kinds = [], []
         for key, meta in zip(batch["keys"], batch["meta"]):
-            action = _action_of(meta)
+            action, kind = self._pick(meta)
             if action is None or len(action) != self.num_tokens:
-                got = "no action" if action is None else f"an action of {len(action)} dimensions"
+                what = "intended action" if kind == "intended" else "action"
+                got = f"no {what}" if action is None else f"an {what} of {len(action)} dimensions"
                 raise ValueError(
                     f"{batch.get('shard', '?')}: sample {key!r} has {got}; action targets need the "
-                    f"{self.num_tokens}-dimensional true action of every pair (a simulator or robot source)"
+                    f"{self.num_tokens}-dimensional true {what} of every pair (a simulator or robot source)"
                 )
             actions.append(action)
-        return self.stats.quantize(np.stack(actions)).astype(np.int64)
+            kinds.append(kind)
+        codes = self.stats.quantize(np.stack(actions)).astype(np.int64)
+        for kind in kinds:
+            self.used[kind] += 1
+        return codes
+
+    def report(self) -> dict:
+        """``action_source``: ``intended``, ``executed`` or ``mixed``, with the counts and the request."""
+        used = [k for k, n in self.used.items() if n]
+        which = used[0] if len(used) == 1 else ("mixed" if used else "none")
+        if which == "mixed":
+            log.warning(
+                "action targets: %d pairs labelled with intended actions, %d with executed ones",
+                self.used["intended"],
+                self.used["executed"],
+            )
+        return {
+            "action_source": which,
+            "action_source_counts": dict(self.used),
+            "action_source_requested": self.source,
+        }
 
 
 @dataclass
@@ -177,8 +216,8 @@ def plan_chunks(shards: list[str], chunk_size: int) -> list[Chunk]:
     return chunks
 
 
-def _action_of(meta: dict):
-    action = meta.get("action")
+def _action_of(meta: dict, field: str = "action"):
+    action = meta.get(field)
     if action is None:
         return None
     arr = np.asarray(action, dtype=np.float64)
@@ -285,6 +324,7 @@ def label_shards(
                 report[split] = split_report
         report["skipped"] = {"count": len(skipped), "samples": skipped[:100]}
         report["counts"] = counts
+        report.update(target.report() if hasattr(target, "report") else {})
         write_shard_dir_metadata(
             tmp,
             kind=prefix,

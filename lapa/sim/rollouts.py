@@ -85,22 +85,25 @@ def expert_episode(
 ) -> Episode:
     """Run the scripted expert on ``env`` for one seeded episode.
 
-    Records frame t, the action taken at t and whether the task counts as solved after it; stops
-    ``steps_after_success`` steps after the first success or at the step cap. With
+    Records frame t, the action taken at t (``actions``, float32 [T, 4]), the expert's own action
+    at t (``intended_actions``, float32 [T, 4]) and whether the task counts as solved after the
+    step; stops ``steps_after_success`` steps after the first success or at the step cap. With
     ``action_noise`` > 0 an AR(1) noise (stationary std ``action_noise``, seeded by the episode
-    seed) is added to the expert's action before clipping; the closed-loop expert corrects it.
+    seed) is added to the expert's action before clipping, so the executed action differs from
+    the intended one; the closed-loop expert corrects it. Without noise the two are equal.
     """
     from lapa.sim.policies import ScriptedExpert
 
     expert = ScriptedExpert(spec.task)
     image, obs = env.reset(seed=spec.seed)
-    frames, actions, success = [], [], []
+    frames, actions, intended, success = [], [], [], []
     first_success: int | None = None
     rng = np.random.default_rng([spec.seed, 7919])
     rho = float(noise_correlation)
     noise = None
     while True:
         action = expert.act(obs)
+        intended.append(action)
         if action_noise > 0:
             fresh = rng.normal(0.0, action_noise, size=action.shape)
             noise = fresh if noise is None else rho * noise + np.sqrt(1 - rho**2) * fresh
@@ -120,6 +123,7 @@ def expert_episode(
         instruction=env.instruction,
         task=spec.task,
         actions=np.stack(actions).astype(np.float32),
+        intended_actions=np.stack(intended).astype(np.float32),
         success=np.asarray(success, dtype=bool),
         source=f"metaworld:{spec.task}:seed={spec.seed}",
         meta={
@@ -196,22 +200,32 @@ def iter_expert_episodes(sim: Any, specs: list[EpisodeSpec], workers: int) -> It
 
 
 def generate_rollouts(sim: Any, split: str, out: str | os.PathLike, *, workers: int | None = None) -> dict:
-    """Record the expert episodes of ``split`` into the LeRobot dataset ``out``; return a summary."""
+    """Record the expert episodes of ``split`` into the LeRobot dataset ``out``; return a summary.
+
+    Features: ``observation.image`` (the rendered frames), ``action`` (executed, noise included),
+    ``action.intended`` (the expert's action before noise; the action-pretrained arm's target),
+    ``next.success``. With ``sim.video_lossless`` (the default) the video stores the rendered
+    frames exactly (RGB H.264 at qp 0), so shards built from it hold the renderer's pixels up to
+    their own JPEG step, the pixels closed-loop evaluation renders; otherwise x264 at
+    ``sim.video_crf`` in 4:2:0 (a mean error of about 2.7 grey levels at 64 px, crf 10).
+    """
+    from itertools import chain
+
     from tqdm import tqdm
 
     from lapa.data.lerobot import write_lerobot_dataset
-    from lapa.sim.env import MetaWorldEnv
 
     specs = episode_specs(sim, split)
     if not specs:
         raise ValueError(f"split {split!r} has no episodes: sim.{_SPLIT_KEYS[split][1]} is 0")
     workers = int(sim.workers if workers is None else workers)
-    with MetaWorldEnv(specs[0].task, camera=sim.camera, image_size=sim.image_size, zoom=sim.zoom) as probe:
-        fps = probe.fps
+    episodes = iter_expert_episodes(sim, specs, workers)
+    first = next(episodes)  # the dataset's frame rate is the simulator's, known from any episode
+    fps = first.fps
     counts: dict[str, list[int]] = {}
 
     def stream() -> Iterator[Episode]:
-        for ep in tqdm(iter_expert_episodes(sim, specs, workers), total=len(specs), desc=f"rollouts {split}"):
+        for ep in tqdm(chain([first], episodes), total=len(specs), desc=f"rollouts {split}"):
             c = counts.setdefault(ep.task, [0, 0])
             c[0] += 1
             c[1] += int(bool(ep.meta["solved"]))
@@ -226,12 +240,21 @@ def generate_rollouts(sim: Any, split: str, out: str | os.PathLike, *, workers: 
             "seed_range": list(seed_range(sim, split)),
             "camera": sim.camera,
             "image_size": int(sim.image_size),
+            "video": "lossless" if sim.video_lossless else f"crf {int(sim.video_crf)}",
             "per_task": per_task,
         }
 
-    write_lerobot_dataset(
-        Path(out), stream(), fps, crf=int(sim.video_crf), extra_json={"meta/rollouts.json": summary}
-    )
+    try:
+        write_lerobot_dataset(
+            Path(out),
+            stream(),
+            fps,
+            crf=int(sim.video_crf),
+            lossless=bool(sim.video_lossless),
+            extra_json={"meta/rollouts.json": summary},
+        )
+    finally:
+        episodes.close()  # stops the rendering processes if writing failed
     result = summary()
     for task, c in result["per_task"].items():
         if c["success_rate"] < 0.5:

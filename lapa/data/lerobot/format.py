@@ -15,6 +15,9 @@ INFO_PATH = "meta/info.json"
 TASKS_PATH = "meta/tasks.parquet"
 STATS_PATH = "meta/stats.json"
 ACTION_KEY = "action"
+# The action the controller meant before exploration noise (rollouts that perturb their expert);
+# ``action`` stays the one executed.
+INTENDED_ACTION_KEY = "action.intended"
 SUCCESS_KEY = "next.success"
 
 _INDEX_FEATURES = {

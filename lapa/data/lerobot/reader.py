@@ -24,7 +24,14 @@ import numpy as np
 
 from lapa.data.episode import Episode
 from lapa.data.images import to_uint8_rgb
-from lapa.data.lerobot.format import ACTION_KEY, INFO_PATH, SUCCESS_KEY, TASKS_PATH, load_info
+from lapa.data.lerobot.format import (
+    ACTION_KEY,
+    INFO_PATH,
+    INTENDED_ACTION_KEY,
+    SUCCESS_KEY,
+    TASKS_PATH,
+    load_info,
+)
 from lapa.data.video import DecodedFrame, VideoReader
 
 DEFAULT_TOLERANCE_S = 1e-4  # LeRobot's tolerance_s default
@@ -117,6 +124,9 @@ class _FrameTable:
         )
         self.task_index = table.column("task_index").to_numpy() if "task_index" in names else None
         self.actions = _list_column(table, ACTION_KEY, str(path)) if ACTION_KEY in names else None
+        self.intended = (
+            _list_column(table, INTENDED_ACTION_KEY, str(path)) if INTENDED_ACTION_KEY in names else None
+        )
         self.success = None
         if SUCCESS_KEY in names:
             success = np.asarray(table.column(SUCCESS_KEY).to_numpy(zero_copy_only=False)).astype(bool)
@@ -287,6 +297,8 @@ class LeRobotDataset:
         Each row gets the frame of ``camera`` at its timestamp (see the module docstring), passed
         through ``transform`` (e.g. resize and crop, so long episodes stay small in memory). With
         ``state_keys`` the episode's ``state`` is those columns side by side (float32 [T, S]).
+        A dataset with an ``action.intended`` column (the controller's action before exploration
+        noise) fills ``intended_actions`` (float32 [T, A]); ``actions`` stays the executed one.
         Errors name the dataset, the episode, the row and the file.
         """
         camera = self.camera(camera)
@@ -360,6 +372,11 @@ class LeRobotDataset:
                 actions = None if table.actions is None else table.actions[rows]
                 if actions is not None and not np.isfinite(actions).all():
                     raise ValueError(f"{data_path}: episode {index} has NaN or infinite actions")
+                intended = None if table.intended is None else table.intended[rows]
+                if intended is not None and not np.isfinite(intended).all():
+                    raise ValueError(
+                        f"{data_path}: episode {index} has NaN or infinite {INTENDED_ACTION_KEY} values"
+                    )
                 entry = entries[index]
                 instruction = entry.instruction
                 if table.task_index is not None and len(rows):
@@ -385,6 +402,7 @@ class LeRobotDataset:
                     state=None if table.state is None else table.state[rows],
                     timestamps=np.asarray(stamps, dtype=np.float64),
                     uid=entry.uid,
+                    intended_actions=intended,
                 )
         finally:
             if cursor is not None:

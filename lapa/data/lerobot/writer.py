@@ -26,6 +26,7 @@ from lapa.data.lerobot.format import (
     DATA_PATH,
     EPISODES_PATH,
     INFO_PATH,
+    INTENDED_ACTION_KEY,
     STATS_PATH,
     SUCCESS_KEY,
     TASKS_PATH,
@@ -41,16 +42,30 @@ def _next_file(chunk: int, file: int) -> tuple[int, int]:
 
 
 class _VideoFile:
-    """One mp4 being encoded; episodes are appended back to back."""
+    """One mp4 being encoded; episodes are appended back to back.
 
-    def __init__(self, path: Path, fps: float, width: int, height: int, crf: int, gop: int) -> None:
+    ``crf=None`` encodes losslessly in RGB: x264's RGB encoder at qp 0 (H.264 High 4:4:4
+    Predictive, decoded as ``gbrp``), or FFV1 (``bgr0``) in an FFmpeg build without it. No YUV
+    conversion or chroma subsampling happens, so decoded frames equal the frames written.
+    """
+
+    def __init__(self, path: Path, fps: float, width: int, height: int, crf: int | None, gop: int) -> None:
         import av
 
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
         self.container = av.open(str(path), mode="w")
         rate = Fraction(fps).limit_denominator(1001)
-        if "libx264" in av.codecs_available:
+        self.pix_fmt = "yuv420p"
+        if crf is None and "libx264rgb" in av.codecs_available:
+            self.codec_name, self.pix_fmt = "h264", "gbrp"
+            self.stream = self.container.add_stream(
+                "libx264rgb", rate=rate, options={"qp": "0", "g": str(gop), "preset": "fast"}
+            )
+        elif crf is None:
+            self.codec_name, self.pix_fmt = "ffv1", "bgr0"
+            self.stream = self.container.add_stream("ffv1", rate=rate, options={"g": str(gop)})
+        elif "libx264" in av.codecs_available:
             self.codec_name = "h264"
             self.stream = self.container.add_stream(
                 "libx264", rate=rate, options={"crf": str(crf), "g": str(gop), "preset": "fast"}
@@ -61,7 +76,7 @@ class _VideoFile:
             self.stream.bit_rate = int(width * height * float(fps) * 4)
         self.stream.width = width
         self.stream.height = height
-        self.stream.pix_fmt = "yuv420p"
+        self.stream.pix_fmt = {"gbrp": "rgb24"}.get(self.pix_fmt, self.pix_fmt)
         self.time_base = Fraction(1) / rate
         self.frames = 0
 
@@ -147,7 +162,7 @@ class _DatasetWriter:
         fps: float,
         camera_key: str,
         robot_type: str,
-        crf: int,
+        crf: int | None,
         gop: int,
         data_file_mb: float,
         video_file_mb: float,
@@ -166,7 +181,9 @@ class _DatasetWriter:
         self.data: _DataFile | None = None
         self.data_pos = (0, 0)
         self.schema = None
-        self.codec_name = "h264"
+        self.codec_name, self.pix_fmt = "h264", "yuv420p"
+        self.intended_dim: int | None = None
+        self.intended_stats = _RunningStats()
         self.action_stats = _RunningStats()
         self.image_stats = _RunningStats()
 
@@ -197,6 +214,19 @@ class _DatasetWriter:
                 raise ValueError(f"{where}: episode {ep.episode_id!r} has NaN or infinite actions")
         if (ep.success is not None) != self.has_success:
             raise ValueError(f"{where}: every episode must have success flags, or none may")
+        if not self.episode_rows:
+            self.intended_dim = None if ep.intended_actions is None else self.action_dim
+        if (ep.intended_actions is None) != (self.intended_dim is None):
+            raise ValueError(f"{where}: every episode must have intended actions, or none may")
+        if ep.intended_actions is not None:
+            intended = np.asarray(ep.intended_actions, dtype=np.float32).reshape(ep.num_frames, -1)
+            if ep.actions is None or intended.shape[1] != self.action_dim:
+                raise ValueError(
+                    f"{where}: intended actions of dim {intended.shape[1]} need executed actions of the "
+                    f"same dim (have {self.action_dim})"
+                )
+            if not np.isfinite(intended).all():
+                raise ValueError(f"{where}: episode {ep.episode_id!r} has NaN or infinite intended actions")
 
     def _schema(self):
         import pyarrow as pa
@@ -204,6 +234,8 @@ class _DatasetWriter:
         fields = []
         if self.action_dim is not None:
             fields.append(pa.field(ACTION_KEY, pa.list_(pa.float32())))
+        if self.intended_dim is not None:
+            fields.append(pa.field(INTENDED_ACTION_KEY, pa.list_(pa.float32())))
         if self.has_success:
             fields.append(pa.field(SUCCESS_KEY, pa.bool_()))
         fields += [
@@ -231,7 +263,7 @@ class _DatasetWriter:
             c, f = self.video_pos
             path = self.root / VIDEO_PATH.format(video_key=self.camera_key, chunk_index=c, file_index=f)
             self.video = _VideoFile(path, self.fps, self.shape[1], self.shape[0], self.crf, self.gop)
-            self.codec_name = self.video.codec_name
+            self.codec_name, self.pix_fmt = self.video.codec_name, self.video.pix_fmt
         start = self.video.frames
         self.video.add(ep.frames)
         video_chunk, video_file = self.video_pos
@@ -249,6 +281,11 @@ class _DatasetWriter:
             )
             columns[ACTION_KEY] = columns[ACTION_KEY].cast(pa.list_(pa.float32()))
             self.action_stats.add(actions)
+        if self.intended_dim is not None:
+            intended = np.asarray(ep.intended_actions, dtype=np.float32).reshape(n, -1)
+            flat = pa.FixedSizeListArray.from_arrays(pa.array(intended.reshape(-1)), self.intended_dim)
+            columns[INTENDED_ACTION_KEY] = flat.cast(pa.list_(pa.float32()))
+            self.intended_stats.add(intended)
         if self.has_success:
             columns[SUCCESS_KEY] = pa.array(np.asarray(ep.success, dtype=bool))
         columns["timestamp"] = pa.array((frame_index / self.fps).astype(np.float32))
@@ -321,7 +358,7 @@ class _DatasetWriter:
                     "video.height": h,
                     "video.width": w,
                     "video.codec": self.codec_name,
-                    "video.pix_fmt": "yuv420p",
+                    "video.pix_fmt": self.pix_fmt,
                     "video.is_depth_map": False,
                     "video.fps": fps_value,
                     "video.channels": 3,
@@ -332,6 +369,8 @@ class _DatasetWriter:
         if self.action_dim is not None:
             names = ["dx", "dy", "dz", "gripper"] if self.action_dim == 4 else None
             features[ACTION_KEY] = {"dtype": "float32", "shape": [self.action_dim], "names": names}
+        if self.intended_dim is not None:
+            features[INTENDED_ACTION_KEY] = {"dtype": "float32", "shape": [self.intended_dim], "names": names}
         if self.has_success:
             features[SUCCESS_KEY] = {"dtype": "bool", "shape": [1], "names": None}
         features.update(json.loads(json.dumps(_INDEX_FEATURES)))
@@ -362,6 +401,8 @@ class _DatasetWriter:
         stats = {self.camera_key: self.image_stats.to_dict((3, 1, 1))}
         if self.action_dim is not None:
             stats[ACTION_KEY] = self.action_stats.to_dict((self.action_dim,))
+        if self.intended_dim is not None:
+            stats[INTENDED_ACTION_KEY] = self.intended_stats.to_dict((self.intended_dim,))
         atomic_write_json(self.root / STATS_PATH, stats)
         atomic_write_json(self.root / INFO_PATH, info)  # last: its presence marks a complete dataset
         return info
@@ -375,6 +416,7 @@ def write_lerobot_dataset(
     camera_key: str = "observation.image",
     robot_type: str = "sawyer",
     crf: int = 10,
+    lossless: bool = False,
     gop: int = 10,
     data_file_mb: float = 100.0,
     video_file_mb: float = 500.0,
@@ -384,7 +426,10 @@ def write_lerobot_dataset(
 
     The dataset is built beside ``root`` and renamed into place when complete. Episode indices
     follow iteration order; an episode's task string is its instruction. ``crf`` is the x264
-    quality (lower is better; 10 keeps 64 px frames within a few grey levels). ``extra_json``
+    quality (lower is better; 10 keeps 64 px frames within a few grey levels, 4:2:0 chroma);
+    ``lossless=True`` ignores it and stores the frames exactly (RGB H.264 at qp 0, about 3x the
+    bytes of crf 10). Episodes with ``intended_actions`` get an ``action.intended`` feature beside
+    ``action`` (all episodes or none). ``extra_json``
     maps paths inside the dataset to JSON content (or a callable returning it, called once all
     episodes are written) for provenance files LeRobot ignores.
     """
@@ -393,7 +438,14 @@ def write_lerobot_dataset(
     with atomic_directory(root) as tmp:
         (tmp / "meta").mkdir()
         writer = _DatasetWriter(
-            tmp, float(fps), camera_key, robot_type, crf, gop, data_file_mb, video_file_mb
+            tmp,
+            float(fps),
+            camera_key,
+            robot_type,
+            None if lossless else crf,
+            gop,
+            data_file_mb,
+            video_file_mb,
         )
         try:
             for ep in episodes:
