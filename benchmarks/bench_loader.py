@@ -9,7 +9,6 @@ the goal is a loader rate per worker of at least 80% of it.
 from __future__ import annotations
 
 import argparse
-import tarfile
 import tempfile
 import time
 from pathlib import Path
@@ -21,6 +20,7 @@ from lapa.config.data import LoaderConfig, ShardingConfig
 from lapa.data.codec import decode_jpeg
 from lapa.data.episode import Episode
 from lapa.data.pipeline import list_shards, make_loader
+from lapa.data.shard_reader import iter_samples
 from lapa.data.shards import write_pair_shards
 
 
@@ -46,12 +46,7 @@ def synthetic_episodes(pairs: int, size: int, frames_per_episode: int = 51):
 
 
 def decode_only_rate(shards: list[str], repeats: int = 2) -> float:
-    jpegs = []
-    for shard in shards:
-        with tarfile.open(shard) as tar:
-            members = {m.name: tar.extractfile(m).read() for m in tar.getmembers()}
-        keys = sorted({n.split(".")[0] for n in members})
-        jpegs += [(members[f"{k}.t.jpg"], members[f"{k}.t1.jpg"]) for k in keys]
+    jpegs = [(s["t.jpg"], s["t1.jpg"]) for s in iter_samples(shards, exts=("t.jpg", "t1.jpg"))]
     start = time.perf_counter()
     for _ in range(repeats):
         for a, b in jpegs:

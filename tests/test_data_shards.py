@@ -176,3 +176,28 @@ def test_demo_shards_reject_nan_actions(tmp_path, coded_frames):
 def test_duplicate_episode_ids_are_an_error(tmp_path, coded_frames):
     with pytest.raises(ValueError, match="appears twice"):
         write_pair_shards([_episode(coded_frames, 0), _episode(coded_frames, 0)], tmp_path / "p", _cfg())
+
+
+def test_long_tars_are_written_and_read_with_bounded_memory(tmp_path):
+    """Neither the writer nor the reader keeps a header per member: a unit's part of any length fits."""
+    import tracemalloc
+
+    from lapa.data.shard_reader import iter_samples
+
+    n = 8_000
+
+    def write() -> str:
+        with ShardWriter(tmp_path, "train", "long", samples_per_shard=10**9, check_keys=False) as writer:
+            for i in range(n):
+                writer.write({"__key__": f"k{i:06d}", "txt": "x", "json": {"i": i}})
+        return writer.paths[0]
+
+    tracemalloc.start()
+    path = write()
+    _, peak_write = tracemalloc.get_traced_memory()
+    tracemalloc.reset_peak()
+    count = sum(1 for _ in iter_samples(path))
+    _, peak_read = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert count == n
+    assert peak_write < 3_000_000 and peak_read < 3_000_000, (peak_write, peak_read)  # 16k headers: ~8 MB

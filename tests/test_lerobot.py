@@ -399,3 +399,20 @@ def test_image_features_in_parquet_are_read_through_the_image_module(tmp_path):
     (episode,) = read_lerobot_dataset(root)
     assert episode.frames.shape == (4, 16, 16, 3) and episode.instruction == "look"
     assert [int(f[0, 0, 0]) for f in episode.frames] == [round(v * 255 / 65535) for v in levels]
+
+
+def test_state_round_trip(tmp_path):
+    eps = _episodes(2)
+    for i, ep in enumerate(eps):
+        ep.state = np.arange(ep.num_frames * 3, dtype=np.float32).reshape(-1, 3) + 100 * i
+    info = write_lerobot_dataset(tmp_path / "with_state", eps, fps=10)
+    assert info["features"]["observation.state"] == {"dtype": "float32", "shape": [3], "names": None}
+    out = list(read_lerobot_dataset(tmp_path / "with_state", state_keys=["observation.state"]))
+    for a, b in zip(eps, out, strict=True):
+        np.testing.assert_array_equal(a.state, b.state)
+    assert list(read_lerobot_dataset(tmp_path / "with_state"))[0].state is None  # only when asked for
+    with pytest.raises(ValueError, match="no feature 'observation.velocity'"):
+        list(read_lerobot_dataset(tmp_path / "with_state", state_keys=["observation.velocity"]))
+    eps[1].state = None
+    with pytest.raises(ValueError, match="every episode must have a state"):
+        write_lerobot_dataset(tmp_path / "mixed", eps, fps=10)

@@ -46,7 +46,6 @@ from lapa.data.shards import (
     check_sharding,
     episode_samples,
     plain_settings,
-    write_manifest,
     write_shard_dir_metadata,
 )
 from lapa.data.sources import Source, discover_sources, iter_file_frames, source_instruction
@@ -296,7 +295,9 @@ def _read_json(path: Path) -> dict | None:
 
 def _part_writer(staging_parts: Path, unit: Unit) -> ShardWriter:
     name = f"u{unit.index:08d}"
-    return ShardWriter(staging_parts, name, "part", samples_per_shard=2**62, max_shard_bytes=2**62)
+    return ShardWriter(
+        staging_parts, name, "part", samples_per_shard=2**62, max_shard_bytes=2**62, check_keys=False
+    )
 
 
 def _finish_part(staging: Staging, unit: Unit, summary: dict) -> dict:
@@ -417,7 +418,16 @@ def _pack_chunk(chunk: int, units: list[Unit], kind: str, cfg: ShardingConfig, s
     cdir = staging.chunk_dir(chunk)
     shutil.rmtree(cdir, ignore_errors=True)
     cdir.mkdir(parents=True)
-    builder = ShardDirBuilder(cdir, kind, cfg, cfg.crop, chunk=chunk, check_stems=False)
+    builder = ShardDirBuilder(
+        cdir,
+        kind,
+        cfg,
+        cfg.crop,
+        chunk=chunk,
+        check_stems=False,  # stems were checked in the plan
+        check_keys=False,
+        stream_manifest=cdir / "rows.parquet",
+    )
     try:
         for unit in units:
             summary = _read_json(staging.part_summary(unit))
@@ -445,7 +455,7 @@ def _pack_chunk(chunk: int, units: list[Unit], kind: str, cfg: ShardingConfig, s
     except BaseException:
         builder.abort()
         raise
-    write_manifest(cdir / "rows.parquet", [builder.rows])
+    builder.close_manifest()
     done = {
         "chunk": chunk,
         "stats": [u.stat for u in units],
@@ -611,8 +621,8 @@ def build_shards(
         for u in units:
             if chunk_of[u.index] in done:
                 continue
-            summary = _read_json(staging.part_summary(u))
-            if summary is not None and summary.get("stat") == u.stat:
+            summary = _read_json(staging.part_summary(u))  # failures are tried again
+            if summary is not None and summary.get("stat") == u.stat and summary["status"] != "failed":
                 summaries[u.index] = summary
         bar = tqdm(total=len(units), unit="episode", desc=f"shards {kind}", disable=not progress)
         bar.update(sum(len(m) for c, m in chunks if c in done) + len(summaries))

@@ -75,9 +75,16 @@ class ShardFile:
                 f"{self.path}: not a readable tar shard: {type(exc).__name__}: {exc}"
             ) from exc
 
-    def _members(self):
+    def _members(self, keep: bool = True):
+        """(member, (key, ext)) in tar order; ``keep=False`` forgets headers once passed, so a pass
+        over a tar of any size holds one header at a time (``read`` then takes the member itself)."""
         try:
-            for member in self._tar:
+            while True:
+                member = self._tar.next()
+                if member is None:
+                    break
+                if not keep:
+                    self._tar.members.clear()
                 if member.isfile():
                     parts = split_member_name(member.name)
                     if parts is not None:
@@ -92,8 +99,8 @@ class ShardFile:
             samples.setdefault(key, {})[ext] = member.name
         return samples
 
-    def read(self, member: str) -> bytes:
-        """The bytes of one member; ShardReadError naming the shard and member when unreadable."""
+    def read(self, member: str | tarfile.TarInfo) -> bytes:
+        """The bytes of one member (a name, or a header from the pass); ShardReadError when unreadable."""
         try:
             handle = self._tar.extractfile(member)
             if handle is None:
@@ -102,21 +109,22 @@ class ShardFile:
         except KeyError as exc:
             raise ShardReadError(f"{self.path}: no member {member}") from exc
         except (tarfile.TarError, OSError, EOFError) as exc:
-            raise ShardReadError(f"{self.path}: cannot read {member}: {type(exc).__name__}: {exc}") from exc
+            name = getattr(member, "name", member)
+            raise ShardReadError(f"{self.path}: cannot read {name}: {type(exc).__name__}: {exc}") from exc
 
     def samples(self, exts: Iterable[str] | None = None) -> Iterator[dict]:
         """Samples in tar order: ``{"__key__", "__url__", ext: bytes...}``; only ``exts`` when given (the
         other members' data is skipped, not read). A sample's members must be adjacent, as written."""
         wanted = None if exts is None else set(exts)
         current: dict | None = None
-        for member, (key, ext) in self._members():
+        for member, (key, ext) in self._members(keep=False):
             if current is not None and current["__key__"] != key:
                 yield current
                 current = None
             if current is None:
                 current = {"__key__": key, "__url__": self.path}
             if wanted is None or ext in wanted:
-                current[ext] = self.read(member.name)
+                current[ext] = self.read(member)
         if current is not None:
             yield current
 
@@ -175,12 +183,12 @@ def read_shard_actions(
     ext = ACTION_SUFFIX[1:]
     for path in paths:
         with ShardFile(path) as shard:
-            for member, (_key, member_ext) in shard._members():
+            for member, (_key, member_ext) in shard._members(keep=False):
                 if member_ext != ext:
                     continue
                 where = f"{path}:{member.name}"
                 try:
-                    arr = decode_npy(shard.read(member.name))
+                    arr = decode_npy(shard.read(member))
                     if arr.ndim != 1 or not np.issubdtype(arr.dtype, np.number):
                         raise ValueError(f"expected a 1-D numeric array, got {arr.dtype} {arr.shape}")
                     if dim is not None and arr.shape[0] != dim:

@@ -45,6 +45,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 MANIFEST_COLUMNS = ["status", "split", "shard", "key", "episode_id", "frame_index", "source", "reason"]
+MANIFEST_ROWS_PER_GROUP = 10_000
 
 
 class ShardWriter:
@@ -61,13 +62,13 @@ class ShardWriter:
         samples_per_shard: int = 1000,
         max_shard_bytes: int = 2_000_000_000,
         chunk: int | None = None,
+        check_keys: bool = True,
     ):
         if samples_per_shard < 1:
             raise ValueError(f"samples_per_shard must be >= 1, got {samples_per_shard}")
         if max_shard_bytes < 1:
             raise ValueError(f"max_shard_bytes must be >= 1, got {max_shard_bytes}")
-        self.dir = Path(out_dir) / split
-        self.dir.mkdir(parents=True, exist_ok=True)
+        self.dir = Path(out_dir) / split  # made with the first shard: no sample, no folder
         self.split, self.prefix, self.chunk = split, prefix, chunk
         self.samples_per_shard, self.max_shard_bytes = samples_per_shard, max_shard_bytes
         self.paths: list[str] = []
@@ -78,7 +79,7 @@ class ShardWriter:
         self._fh = None
         self._tmp: Path | None = None
         self._final: Path | None = None
-        self._keys: set[str] = set()
+        self._keys: set[str] | None = set() if check_keys else None  # None: keys unique by construction
 
     @property
     def current_path(self) -> str | None:
@@ -88,6 +89,7 @@ class ShardWriter:
     def _open(self) -> None:
         chunk = "" if self.chunk is None else f"{self.chunk:06d}-"
         name = f"{self.prefix}-{self.split}-{chunk}{self.shard_index:06d}.tar"
+        self.dir.mkdir(parents=True, exist_ok=True)
         self._final = self.dir / name
         self._tmp = self.dir / f".{name}.tmp"
         self._fh = open(self._tmp, "wb")
@@ -110,7 +112,7 @@ class ShardWriter:
         key = sample.get("__key__")
         if not key or "." in key or "/" in key:
             raise ValueError(f"sample key {key!r} must be non-empty without '.' or '/'")
-        if key in self._keys:
+        if self._keys is not None and key in self._keys:
             raise ValueError(f"duplicate sample key {key!r} in {self.dir}")
         members = [
             (f"{key}.{ext}", encode_member(ext, value))
@@ -131,7 +133,9 @@ class ShardWriter:
             info = tarfile.TarInfo(name)
             info.size, info.mtime, info.mode = len(data), 0, 0o644
             self._tar.addfile(info, io.BytesIO(data))
-        self._keys.add(key)
+        self._tar.members.clear()  # tarfile keeps every header it wrote: memory would grow with the tar
+        if self._keys is not None:
+            self._keys.add(key)
         self.count += 1
         self.total += 1
 
@@ -261,12 +265,20 @@ class ShardDirBuilder:
         max_shard_bytes: int | None = None,
         chunk: int | None = None,
         check_stems: bool = True,
+        check_keys: bool = True,
+        stream_manifest: Path | None = None,
     ):
         self.root, self.kind, self.cfg, self.image_size = Path(root), kind, cfg, image_size
         per_shard = samples_per_shard or (cfg.samples_per_shard if cfg is not None else 1000)
         max_bytes = max_shard_bytes or (cfg.max_shard_bytes if cfg is not None else 2_000_000_000)
-        self.writers = {s: ShardWriter(root, s, kind, per_shard, max_bytes, chunk=chunk) for s in SPLITS}
+        self.writers = {
+            s: ShardWriter(root, s, kind, per_shard, max_bytes, chunk=chunk, check_keys=check_keys)
+            for s in SPLITS
+        }
         self.rows: list[dict] = []
+        self._manifest_path = stream_manifest  # rows go there in groups, so memory stays bounded
+        self._manifest_writer = None
+        self._manifest_schema = None
         self.counts = dict.fromkeys(SPLITS, 0)
         self.episodes = dict.fromkeys(SPLITS, 0)
         self.skipped = 0
@@ -294,6 +306,28 @@ class ShardDirBuilder:
             }
         )
         self.counts[split] += 1
+        if self._manifest_path is not None and len(self.rows) >= MANIFEST_ROWS_PER_GROUP:
+            self._flush_rows()
+
+    def _flush_rows(self) -> None:
+        import pyarrow.parquet as pq
+
+        if not self.rows and self._manifest_writer is not None:
+            return
+        table = _manifest_table(self.rows)
+        if self._manifest_writer is None:
+            self._manifest_schema = table.schema
+            self._manifest_writer = pq.ParquetWriter(str(self._manifest_path), table.schema)
+        self._manifest_writer.write_table(table.cast(self._manifest_schema))
+        self.rows = []
+
+    def close_manifest(self) -> None:
+        """Write the remaining rows of a streamed manifest and close it."""
+        if self._manifest_path is None:
+            return
+        self._flush_rows()
+        self._manifest_writer.close()
+        self._manifest_writer = None
 
     def claim_stem(self, stem: str, source: str) -> None:
         """Refuse a key stem already used by another source (ValueError naming both)."""
@@ -348,6 +382,8 @@ class ShardDirBuilder:
                 "reason": reason,
             }
         )
+        if self._manifest_path is not None and len(self.rows) >= MANIFEST_ROWS_PER_GROUP:
+            self._flush_rows()
 
     def close(self) -> None:
         for writer in self.writers.values():
@@ -361,11 +397,9 @@ class ShardDirBuilder:
         """Close the tars, write ``manifest.parquet`` (this builder's rows, or ``manifest_rows``
         batches) and ``info.json`` (counts, shards, image size, action_dim, skips, settings, ``extra``)."""
         self.close()
-        info_extra: dict = {
-            "episodes": self.episodes,
-            "skipped": self.skipped,
-            "frames_with_nan_action": self.nan_actions,
-        }
+        info_extra: dict = {"skipped": self.skipped}
+        if self.cfg is not None or any(self.episodes.values()):  # episodes into samples
+            info_extra.update(episodes=self.episodes, frames_with_nan_action=self.nan_actions)
         if self.notes:
             info_extra["notes"] = dict(sorted(self.notes.items()))
         if self.cfg is not None:

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import io
 import os
-import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,10 +40,12 @@ def label_spec(shard_dir: str | os.PathLike, head_cfg: Any) -> LabelSpec:
 
 
 def _first_latent(tar_path: str) -> np.ndarray | None:
-    with tarfile.open(tar_path) as tar:
-        for member in tar:
-            if member.isfile() and member.name.endswith(".latent.npy"):
-                return np.load(io.BytesIO(tar.extractfile(member).read()), allow_pickle=False)
+    from lapa.data.codec import decode_npy
+    from lapa.data.shard_reader import iter_samples
+
+    for sample in iter_samples(tar_path, exts=("latent.npy",)):
+        if "latent.npy" in sample:
+            return decode_npy(sample["latent.npy"])
     return None
 
 
@@ -54,7 +54,7 @@ def preflight_shards(shards: list[str], spec: LabelSpec) -> None:
     for shard in shards:
         try:
             latent = _first_latent(shard)
-        except (tarfile.TarError, OSError, ValueError) as exc:
+        except (OSError, ValueError) as exc:
             raise ValueError(f"cannot read labelled shard {shard}: {exc}") from exc
         if latent is None:
             raise ValueError(f"labelled shard {shard} holds no .latent.npy entries")
@@ -63,12 +63,13 @@ def preflight_shards(shards: list[str], spec: LabelSpec) -> None:
 
 def find_sample_shard(shards: list[str], key: str) -> str:
     """The shard holding sample ``key`` (scans member names only; used to name a bad shard)."""
+    from lapa.data.shard_reader import index_shard
+
     for shard in shards:
         try:
-            with tarfile.open(shard) as tar:
-                if any(m.name.startswith(f"{key}.") for m in tar):
-                    return shard
-        except (tarfile.TarError, OSError):
+            if key in index_shard(shard):
+                return shard
+        except (OSError, ValueError):
             continue
     return "?"
 

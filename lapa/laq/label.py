@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import tarfile
-from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -22,9 +20,9 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from lapa.data.codec import decode_jpeg
-from lapa.data.pipeline import list_shards, read_info
-from lapa.data.shards import ShardWriter, write_shard_dir_metadata
-from lapa.data.transforms import resize_uint8
+from lapa.data.images import resize_square
+from lapa.data.shard_reader import index_shard, list_shards, open_shard, read_info
+from lapa.data.shards import ShardDirBuilder
 from lapa.laq import metrics as M
 from lapa.utils.io import atomic_directory, atomic_write_json
 
@@ -140,24 +138,6 @@ class Chunk:
     members: list[dict]  # per key: {ext: tar member name}
 
 
-def index_shard(path: str) -> OrderedDict:
-    """key -> {ext: member name}, in tar order, reading headers only."""
-    samples: OrderedDict[str, dict] = OrderedDict()
-    try:
-        with tarfile.open(path, mode="r:") as tar:
-            for member in tar.getmembers():
-                if not member.isfile():
-                    continue
-                base = member.name.rsplit("/", 1)[-1]
-                if "." not in base:
-                    continue
-                key, ext = base.split(".", 1)
-                samples.setdefault(key, {})[ext] = member.name
-    except (tarfile.TarError, OSError) as exc:
-        raise ValueError(f"{path}: unreadable shard ({type(exc).__name__}: {exc})") from exc
-    return samples
-
-
 class PairChunks(Dataset):
     """Map-style: chunk i -> decoded frames (resized to the model's size), raw frame-t JPEGs, metadata."""
 
@@ -170,17 +150,17 @@ class PairChunks(Dataset):
     def __getitem__(self, i: int) -> dict:
         chunk = self.chunks[i]
         ft, ft1, raw, metas, keys, skipped = [], [], [], [], [], []
-        with tarfile.open(chunk.shard, mode="r:") as tar:
+        with open_shard(chunk.shard) as tar:
             for key, names in zip(chunk.keys, chunk.members):
                 try:
                     missing = [e for e in ("t.jpg", "t1.jpg", "json") if e not in names]
                     if missing:
                         raise ValueError(f"missing {', '.join(missing)}")
-                    t_bytes = tar.extractfile(names["t.jpg"]).read()
-                    meta = json.loads(tar.extractfile(names["json"]).read())
+                    t_bytes = tar.read(names["t.jpg"])
+                    meta = json.loads(tar.read(names["json"]))
                     if self.image_size is not None:
                         ft.append(decode_jpeg(t_bytes))
-                        ft1.append(decode_jpeg(tar.extractfile(names["t1.jpg"]).read()))
+                        ft1.append(decode_jpeg(tar.read(names["t1.jpg"])))
                 except Exception as exc:
                     message = f"{chunk.shard}: sample {key!r}: {type(exc).__name__}: {exc}"
                     if self.on_error == "raise":
@@ -202,7 +182,7 @@ class PairChunks(Dataset):
         if self.image_size is not None and keys:
             for name, frames in (("frame_t", ft), ("frame_t1", ft1)):
                 x = torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2)
-                out[name] = resize_uint8(x, self.image_size)
+                out[name] = resize_square(x, self.image_size)
         return out
 
 
@@ -222,19 +202,6 @@ def _action_of(meta: dict, field: str = "action"):
         return None
     arr = np.asarray(action, dtype=np.float64)
     return None if arr.size == 0 or np.isnan(arr).any() else arr
-
-
-def _row(split: str, writer: ShardWriter, key: str, meta: dict) -> dict:
-    return {
-        "status": "written",
-        "split": split,
-        "shard": Path(writer.current_path).name,
-        "key": key,
-        "episode_id": meta.get("video_id"),
-        "frame_index": meta.get("frame_index"),
-        "source": None,
-        "reason": None,
-    }
 
 
 def label_shards(
@@ -262,8 +229,16 @@ def label_shards(
         )
     image_size = getattr(target, "image_size", None) if target.needs_images else None
     report: dict = {"target": target.name, "num_tokens": target.num_tokens, "vocab_size": target.vocab_size}
-    counts, skipped, rows = {}, [], []
+    counts, skipped = {}, []
     with atomic_directory(out_dir) as tmp:
+        builder = ShardDirBuilder(
+            tmp,
+            prefix,
+            image_size=info_in.get("image_size"),
+            samples_per_shard=samples_per_shard,
+            max_shard_bytes=max_shard_bytes,
+            check_stems=False,
+        )
         for split in SPLITS:
             try:
                 shards = list_shards(shard_dir, split)
@@ -272,7 +247,6 @@ def label_shards(
                     raise
                 shards = []
             codes_all, actions_all, frames_all, groups_all = [], [], [], []
-            writer = ShardWriter(tmp, split, prefix, samples_per_shard, max_shard_bytes)
             loader = DataLoader(
                 PairChunks(plan_chunks(shards, batch_size), image_size, on_error),
                 batch_size=None,
@@ -286,26 +260,29 @@ def label_shards(
                         continue
                     codes = target(batch)
                     for key, raw, meta, code in zip(batch["keys"], batch["raw"], batch["meta"], codes):
-                        writer.write(
-                            {
-                                "__key__": key,
-                                "image.jpg": raw,
-                                "txt": meta.get("instruction") or "",
-                                "latent.npy": np.asarray(code, dtype=np.int64),
-                                "json": meta,
-                            }
+                        sample = {
+                            "__key__": key,
+                            "image.jpg": raw,
+                            "txt": meta.get("instruction") or "",
+                            "latent.npy": np.asarray(code, dtype=np.int64),
+                            "json": meta,
+                        }
+                        builder.write(
+                            split,
+                            sample,
+                            episode_id=meta.get("video_id"),
+                            frame_index=meta.get("frame_index"),
                         )
-                        rows.append(_row(split, writer, key, meta))
                     codes_all.append(codes)
                     actions_all.extend(_action_of(m) for m in batch["meta"])
                     groups_all.extend(str(m.get("video_id", "")) for m in batch["meta"])
                     if "frame_t" in batch:
                         frames_all.append(M.frame_features(batch["frame_t"]))
-                writer.close()
+                builder.writers[split].close()
             except BaseException:
-                writer.abort()
+                builder.abort()
                 raise
-            counts[split] = writer.total
+            counts[split] = builder.counts[split]
             if codes_all:
                 codes = np.concatenate(codes_all)
                 split_report = M.code_summary(codes, target.vocab_size)
@@ -325,13 +302,8 @@ def label_shards(
         report["skipped"] = {"count": len(skipped), "samples": skipped[:100]}
         report["counts"] = counts
         report.update(target.report() if hasattr(target, "report") else {})
-        write_shard_dir_metadata(
-            tmp,
-            kind=prefix,
-            counts=counts,
-            image_size=info_in.get("image_size"),
+        builder.finish(
             action_dim=info_in.get("action_dim"),
-            manifest_rows=rows,
             num_tokens=target.num_tokens,
             vocab_size=target.vocab_size,
             target=target.name,

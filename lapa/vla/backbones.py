@@ -14,10 +14,10 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tarfile
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from lapa.data.shard_reader import iter_samples
 from lapa.utils.io import atomic_directory
 
 log = logging.getLogger(__name__)
@@ -48,18 +48,15 @@ def read_instructions(shard_dirs: list[str | os.PathLike]) -> list[str]:
             raise FileNotFoundError(f"no .tar shards under {d}")
         for tar_path in tars:
             try:
-                with tarfile.open(tar_path) as tar:
-                    for member in tar:
-                        if not member.isfile() or not member.name.endswith((".txt", ".json")):
+                for sample in iter_samples(tar_path, exts=("txt", "json")):
+                    for ext in ("txt", "json"):
+                        if ext not in sample:
                             continue
-                        data = tar.extractfile(member).read().decode("utf-8")
-                        if member.name.endswith(".json"):
-                            text = json.loads(data).get("instruction")
-                        else:
-                            text = data
+                        data = sample[ext].decode("utf-8")
+                        text = json.loads(data).get("instruction") if ext == "json" else data
                         if isinstance(text, str) and text.strip():
                             found[text.strip()] = None
-            except (tarfile.TarError, OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            except (OSError, ValueError, UnicodeDecodeError) as exc:
                 raise ValueError(f"cannot read instructions from shard {tar_path}: {exc}") from exc
     if not found:
         raise ValueError(f"no instructions found in {', '.join(str(d) for d in shard_dirs)}")

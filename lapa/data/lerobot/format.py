@@ -19,6 +19,7 @@ ACTION_KEY = "action"
 # ``action`` stays the one executed.
 INTENDED_ACTION_KEY = "action.intended"
 SUCCESS_KEY = "next.success"
+STATE_KEY = "observation.state"
 
 _INDEX_FEATURES = {
     "timestamp": {"dtype": "float32", "shape": [1], "names": None},

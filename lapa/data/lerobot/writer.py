@@ -27,6 +27,7 @@ from lapa.data.lerobot.format import (
     EPISODES_PATH,
     INFO_PATH,
     INTENDED_ACTION_KEY,
+    STATE_KEY,
     STATS_PATH,
     SUCCESS_KEY,
     TASKS_PATH,
@@ -176,6 +177,7 @@ class _DatasetWriter:
         self.shape: tuple[int, int] | None = None
         self.action_dim: int | None = None
         self.has_success: bool | None = None
+        self.state_dim: int | None = None
         self.video: _VideoFile | None = None
         self.video_pos = (0, 0)
         self.data: _DataFile | None = None
@@ -185,6 +187,7 @@ class _DatasetWriter:
         self.intended_dim: int | None = None
         self.intended_stats = _RunningStats()
         self.action_stats = _RunningStats()
+        self.state_stats = _RunningStats()
         self.image_stats = _RunningStats()
 
     def _check(self, ep: Episode) -> None:
@@ -202,6 +205,9 @@ class _DatasetWriter:
                 else int(np.asarray(ep.actions).reshape(len(ep.actions), -1).shape[1])
             )
             self.has_success = ep.success is not None
+            self.state_dim = (
+                None if ep.state is None else int(np.asarray(ep.state).reshape(ep.num_frames, -1).shape[1])
+            )
         if (h, w) != self.shape:
             raise ValueError(f"{where}: frame size {h}x{w} differs from the dataset's {self.shape}")
         if (ep.actions is None) != (self.action_dim is None):
@@ -212,6 +218,14 @@ class _DatasetWriter:
                 raise ValueError(f"{where}: action dim {actions.shape[1]} differs from {self.action_dim}")
             if not np.isfinite(actions).all():
                 raise ValueError(f"{where}: episode {ep.episode_id!r} has NaN or infinite actions")
+        if (ep.state is None) != (self.state_dim is None):
+            raise ValueError(f"{where}: every episode must have a state, or none may")
+        if ep.state is not None:
+            state = np.asarray(ep.state, dtype=np.float32).reshape(ep.num_frames, -1)
+            if state.shape[1] != self.state_dim:
+                raise ValueError(f"{where}: state dim {state.shape[1]} differs from {self.state_dim}")
+            if not np.isfinite(state).all():
+                raise ValueError(f"{where}: episode {ep.episode_id!r} has NaN or infinite state values")
         if (ep.success is not None) != self.has_success:
             raise ValueError(f"{where}: every episode must have success flags, or none may")
         if not self.episode_rows:
@@ -236,6 +250,8 @@ class _DatasetWriter:
             fields.append(pa.field(ACTION_KEY, pa.list_(pa.float32())))
         if self.intended_dim is not None:
             fields.append(pa.field(INTENDED_ACTION_KEY, pa.list_(pa.float32())))
+        if self.state_dim is not None:
+            fields.append(pa.field(STATE_KEY, pa.list_(pa.float32())))
         if self.has_success:
             fields.append(pa.field(SUCCESS_KEY, pa.bool_()))
         fields += [
@@ -286,6 +302,11 @@ class _DatasetWriter:
             flat = pa.FixedSizeListArray.from_arrays(pa.array(intended.reshape(-1)), self.intended_dim)
             columns[INTENDED_ACTION_KEY] = flat.cast(pa.list_(pa.float32()))
             self.intended_stats.add(intended)
+        if self.state_dim is not None:
+            state = np.asarray(ep.state, dtype=np.float32).reshape(n, -1)
+            flat = pa.FixedSizeListArray.from_arrays(pa.array(state.reshape(-1)), self.state_dim)
+            columns[STATE_KEY] = flat.cast(pa.list_(pa.float32()))
+            self.state_stats.add(state)
         if self.has_success:
             columns[SUCCESS_KEY] = pa.array(np.asarray(ep.success, dtype=bool))
         columns["timestamp"] = pa.array((frame_index / self.fps).astype(np.float32))
@@ -371,6 +392,8 @@ class _DatasetWriter:
             features[ACTION_KEY] = {"dtype": "float32", "shape": [self.action_dim], "names": names}
         if self.intended_dim is not None:
             features[INTENDED_ACTION_KEY] = {"dtype": "float32", "shape": [self.intended_dim], "names": names}
+        if self.state_dim is not None:
+            features[STATE_KEY] = {"dtype": "float32", "shape": [self.state_dim], "names": None}
         if self.has_success:
             features[SUCCESS_KEY] = {"dtype": "bool", "shape": [1], "names": None}
         features.update(json.loads(json.dumps(_INDEX_FEATURES)))
@@ -403,6 +426,8 @@ class _DatasetWriter:
             stats[ACTION_KEY] = self.action_stats.to_dict((self.action_dim,))
         if self.intended_dim is not None:
             stats[INTENDED_ACTION_KEY] = self.intended_stats.to_dict((self.intended_dim,))
+        if self.state_dim is not None:
+            stats[STATE_KEY] = self.state_stats.to_dict((self.state_dim,))
         atomic_write_json(self.root / STATS_PATH, stats)
         atomic_write_json(self.root / INFO_PATH, info)  # last: its presence marks a complete dataset
         return info
