@@ -6,7 +6,7 @@ EXPERIMENT ?= default
 CORES ?= 2
 ARGS ?=
 
-.PHONY: setup run test test-quick lint clean-results
+.PHONY: setup run test test-quick lint bench clean-results
 
 $(BIN)/lapa: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,10 @@ test: setup
 ## the quick loop: everything but the slow tests
 test-quick: setup
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest -q -m "not slow"
+
+## every CPU benchmark in bounded time; writes docs/benchmarks.md (machine, commit, date, each figure beside its baseline)
+bench: setup
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python benchmarks/run_all.py $(ARGS)
 
 lint: setup
 	$(BIN)/ruff check lapa tests benchmarks
