@@ -53,7 +53,7 @@ def data(tmp_path_factory):
     root = tmp_path_factory.mktemp("vla")
     shards = root / "shards"
     write_labelled_shards(shards, num_train=32, num_val=0, samples_per_shard=16)
-    (shards / "val").mkdir()
+    (shards / "val").mkdir(exist_ok=True)  # the writer may leave an empty val/ when num_val=0
     for tar in sorted((shards / "train").glob("*.tar")):
         shutil.copy(tar, shards / "val" / tar.name.replace("train", "val"))
     cfg = config(root)
