@@ -127,6 +127,7 @@ def setup(fabric: Any, plan: RunPlan, cfg: Any, backbones_dir, shards_dir, out_d
     from lapa.utils.optim import make_optimizer
     from lapa.vla.backbones import check_vision_matches, load_backbones
     from lapa.vla.heads import LatentActionHead
+    from lapa.vla.meta import setup_meta_module, sharded_source
     from lapa.vla.model import VLAModel
     from lapa.vla.processor import VLAProcessor
 
@@ -152,7 +153,10 @@ def setup(fabric: Any, plan: RunPlan, cfg: Any, backbones_dir, shards_dir, out_d
     seed = int(tcfg.seed if tcfg.seed is not None else cfg.seed)
     run_dir = open_run(fabric, cfg, backbones_dir, shards_dir, workdir)
 
-    backbones = load_backbones(backbones_dir)
+    # Under FSDP2 the Llama is built on the meta device and each rank later reads only its own
+    # rows of the backbone weights (lapa.vla.meta): no rank ever holds the whole model.
+    sharded = plan.strategy == "fsdp2"
+    backbones = load_backbones(backbones_dir, meta_llm=sharded)
     check_vision_matches(fcfg.vision, backbones.info, backbones_dir)
     fabric.seed_everything(seed)  # identical initial weights on every rank (FSDP2 shards one model)
     head = LatentActionHead(backbones.llm.config.hidden_size, spec.num_tokens, spec.vocab_size)
@@ -166,7 +170,11 @@ def setup(fabric: Any, plan: RunPlan, cfg: Any, backbones_dir, shards_dir, out_d
     total_params = sum(p.numel() for p in raw.parameters())
     llm_total = sum(p.numel() for p in raw.llm.parameters())
 
-    model = fabric.setup_module(raw)
+    if sharded:
+        source = sharded_source(raw, Path(backbones_dir) / "llm")
+        model = setup_meta_module(fabric, raw, source)
+    else:
+        model = fabric.setup_module(raw)
     optimizer, scheduler = make_optimizer(raw, tcfg)
     optimizer = fabric.setup_optimizers(optimizer)
     _write_rank_layout(run_dir.path, fabric, plan, raw, total_params, llm_total)

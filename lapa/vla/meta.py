@@ -240,3 +240,30 @@ def materialize(model: nn.Module, source: TensorSource, device: str | torch.devi
         bytes_read += block.numel() * block.element_size()
     source.close()
     return {"loaded": loaded, "bytes_read": bytes_read}
+
+
+def sharded_source(model: nn.Module, llm_dir: str | os.PathLike, prefix: str = "llm.") -> TensorSource:
+    """The weights of a model whose Llama (``model.<prefix>``) is on meta and the rest is real.
+
+    The real, small parts (vision towers, projector, queries, head) are copied now, before
+    sharding replaces their storage; the Llama's rows are read from ``llm_dir`` later, per rank.
+    """
+    small = {k: v.detach().clone() for k, v in model.state_dict().items() if not k.startswith(prefix)}
+    return TensorSource().add_tensors(small).add_hf_directory(llm_dir, prefix=prefix)
+
+
+def setup_meta_module(fabric: Any, model: nn.Module, source: TensorSource) -> nn.Module:
+    """``fabric.setup_module`` for a model holding meta parameters, then fill its shards from ``source``.
+
+    Fabric's FSDP2 strategy shards the module and allocates it (``to_empty`` plus
+    ``reset_parameters``, warning that modules without that method are uninitialised); every
+    tensor is then overwritten from ``source`` by ``materialize``, so that warning is expected
+    and silenced here. Returns the Fabric-wrapped module.
+    """
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"Parameter initialization incomplete")
+        wrapped = fabric.setup_module(model)
+    materialize(model, source, fabric.device)
+    return wrapped
