@@ -212,8 +212,8 @@ def test_scratch_variant_builds_the_same_architecture(setup):
 
     _, cfg, inputs = setup
     stats = ActionStats.load(inputs["action_stats"])
-    scratch, _, _ = build_model(cfg, "scratch", None, inputs["backbones"], stats)
-    lapa, _, _ = build_model(cfg, "foundation", inputs["foundation"], inputs["backbones"], stats)
+    scratch, _, _, _ = build_model(cfg, "scratch", None, inputs["backbones"], stats)
+    lapa, _, _, _ = build_model(cfg, "foundation", inputs["foundation"], inputs["backbones"], stats)
     assert isinstance(scratch, VLAModel) and scratch.num_queries == 1
     shapes = {k: tuple(v.shape) for k, v in scratch.state_dict().items()}
     assert shapes == {k: tuple(v.shape) for k, v in lapa.state_dict().items()}
@@ -222,6 +222,26 @@ def test_scratch_variant_builds_the_same_architecture(setup):
         build_model(cfg, "scratch", inputs["foundation"], inputs["backbones"], stats)
     with pytest.raises(ValueError, match="--foundation is required"):
         build_model(cfg, "foundation", None, inputs["backbones"], stats)
+
+
+@pytest.mark.parametrize("init", ["scratch", "foundation"])
+def test_the_meta_device_build_equals_the_eager_one(setup, init):
+    """FSDP2 builds the Llama on meta and fills it from the weight files: same weights as eager."""
+    from lapa.data.action_codec import ActionStats
+    from lapa.vla.meta import materialize
+
+    _, cfg, inputs = setup
+    stats = ActionStats.load(inputs["action_stats"])
+    foundation = inputs["foundation"] if init == "foundation" else None
+    torch.manual_seed(3)
+    eager, _, _, none = build_model(cfg, init, foundation, inputs["backbones"], stats)
+    torch.manual_seed(3)
+    meta, _, _, source = build_model(cfg, init, foundation, inputs["backbones"], stats, meta_llm=True)
+    assert none is None and meta.llm.layers[0].mlp.up_proj.weight.is_meta
+    materialize(meta, source, "cpu")
+    want = eager.state_dict()
+    for name, value in meta.state_dict().items():
+        assert torch.equal(value, want[name]), name
 
 
 def test_training_keys_live_under_finetune_training():

@@ -83,16 +83,23 @@ def check_init(init: str, foundation_dir, backbones_dir) -> None:
         raise FileNotFoundError(f"--foundation directory not found: {foundation_dir}")
 
 
-def build_model(cfg: Any, init: str, foundation_dir, backbones_dir, stats: ActionStats):
-    """(model, tokenizer, foundation section) for the chosen initialisation."""
+def build_model(
+    cfg: Any, init: str, foundation_dir, backbones_dir, stats: ActionStats, *, meta_llm: bool = False
+):
+    """(model, tokenizer, foundation section, source) for the chosen initialisation.
+
+    With ``meta_llm`` (FSDP2) the Llama is on the meta device and ``source`` holds the weights
+    each rank reads its shard of after sharding (``lapa.vla.meta``); else ``source`` is None.
+    """
     from lapa.policy.build import check_backbones_for, policy_from_backbones, policy_from_foundation
 
     check_init(init, foundation_dir, backbones_dir)
+    n, bins = stats.action_dim, stats.num_bins
     if init == "scratch":
-        return policy_from_backbones(cfg.foundation, backbones_dir, stats.action_dim, stats.num_bins)
-    model, tokenizer, fcfg = policy_from_foundation(foundation_dir, stats.action_dim, stats.num_bins)
+        return policy_from_backbones(cfg.foundation, backbones_dir, n, bins, meta_llm=meta_llm)
+    model, tokenizer, fcfg, source = policy_from_foundation(foundation_dir, n, bins, meta_llm=meta_llm)
     check_backbones_for(fcfg, backbones_dir)
-    return model, tokenizer, fcfg
+    return model, tokenizer, fcfg, source
 
 
 def identity(
@@ -165,6 +172,7 @@ def setup(
     from lapa.data.pipeline import list_shards, read_info
     from lapa.policy.build import freeze_for_finetuning
     from lapa.utils.optim import make_optimizer
+    from lapa.vla.meta import setup_meta_module
     from lapa.vla.processor import VLAProcessor
 
     fc, tcfg = cfg.finetune, cfg.finetune.training
@@ -191,13 +199,16 @@ def setup(
 
     seed = int(tcfg.seed if tcfg.seed is not None else cfg.seed)
     fabric.seed_everything(seed)  # the same new head on every rank (the data stream has its own seeds)
-    model, tokenizer, fcfg = build_model(cfg, fc.init, foundation_dir, backbones_dir, stats)
+    sharded = plan.strategy == "fsdp2"  # then no rank builds the whole Llama (lapa.vla.meta)
+    model, tokenizer, fcfg, source = build_model(
+        cfg, fc.init, foundation_dir, backbones_dir, stats, meta_llm=sharded
+    )
     counts = freeze_for_finetuning(model, fc.freeze_vision, fc.freeze_projector)
     if fabric.global_rank == 0:
         log.info("policy model: %(parameters)d parameters, %(trainable)d trainable", counts)
     if tcfg.activation_checkpointing:
         model.enable_activation_checkpointing()
-    wrapped = fabric.setup_module(model)
+    wrapped = setup_meta_module(fabric, model, source) if sharded else fabric.setup_module(model)
     optimizer, scheduler = make_optimizer(model, tcfg, head_prefix="head.", head_lr=tcfg.head_lr)
     optimizer = fabric.setup_optimizers(optimizer)
 

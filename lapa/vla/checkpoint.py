@@ -64,18 +64,13 @@ def save_foundation(
         (tmp / "head.json").write_text(json.dumps(head, indent=2, sort_keys=True, default=str) + "\n")
 
 
-def load_foundation(path: str | os.PathLike, map_location: str | torch.device = "cpu"):
-    """Rebuild a saved foundation model with local files only.
+def read_foundation_config(path: str | os.PathLike):
+    """``(cfg, llm_config, head_info)`` of a foundation checkpoint, without reading its weights.
 
-    Returns ``(model, tokenizer, cfg, head_info)``: a VLAModel in eval mode with its
-    LatentActionHead, the HF tokenizer, the foundation section (typed DictConfig) and head.json.
+    Raises FileNotFoundError naming the missing file, ValueError for an unknown head type.
     """
     from omegaconf import OmegaConf
-    from transformers import AutoTokenizer, LlamaConfig, LlamaModel
-
-    from lapa.vla.heads import LatentActionHead
-    from lapa.vla.meta import TensorSource, materialize
-    from lapa.vla.model import VLAModel
+    from transformers import LlamaConfig
 
     path = Path(path)
     for name in ("config.yaml", "llm_config.json", "model.safetensors", "head.json", "tokenizer"):
@@ -87,6 +82,23 @@ def load_foundation(path: str | os.PathLike, map_location: str | torch.device = 
         raise ValueError(f"{path / 'head.json'}: unsupported head type {head_info.get('type')!r}")
     llm_config = LlamaConfig.from_dict(json.loads((path / "llm_config.json").read_text()))
     llm_config._attn_implementation = cfg.llm.attn_implementation or "sdpa"
+    return cfg, llm_config, head_info
+
+
+def load_foundation(path: str | os.PathLike, map_location: str | torch.device = "cpu"):
+    """Rebuild a saved foundation model with local files only.
+
+    Returns ``(model, tokenizer, cfg, head_info)``: a VLAModel in eval mode with its
+    LatentActionHead, the HF tokenizer, the foundation section (typed DictConfig) and head.json.
+    """
+    from transformers import AutoTokenizer, LlamaModel
+
+    from lapa.vla.heads import LatentActionHead
+    from lapa.vla.meta import TensorSource, materialize
+    from lapa.vla.model import VLAModel
+
+    path = Path(path)
+    cfg, llm_config, head_info = read_foundation_config(path)
     weights = path / "model.safetensors"
     with torch.device("meta"):  # shapes only: the weights below are the only initialisation
         head = LatentActionHead(llm_config.hidden_size, head_info["num_tokens"], head_info["vocab_size"])
