@@ -21,6 +21,8 @@ def finetune_init(wildcards, input):
 
 
 rule finetune:
+    """One process per device, as train_foundation: under Slurm the `mpi` resource launches them as
+    tasks of one job (FSDP2 or DDP through Fabric, which reads ranks from Slurm)."""
     input:
         unpack(finetune_inputs),
     output:
@@ -42,8 +44,14 @@ rule finetune:
     resources:
         mem_mb=grow(16000),
         runtime=grow(240),
+        nodes=CFG.finetune.training.num_nodes,
+        tasks_per_node=CFG.finetune.training.devices,
+        mpi="",
         launcher="",
     shell:
-        "{resources.launcher} lapa finetune --backbones {input.backbones} --action-stats {input.stats}"
+        "launch='{resources.launcher}'; "
+        "if [ -n '{resources.mpi}' ]; then "
+        "launch='{resources.mpi} --nodes={resources.nodes} --ntasks-per-node={resources.tasks_per_node}'; fi; "
+        "$launch lapa finetune --backbones {input.backbones} --action-stats {input.stats}"
         " --shards {input.shards} --out {output.policy} --workdir {params.workdir} {LAPA_ARGS} {params.init}"
         " > {log} 2>&1; " + COPY_CSV_LOGS
