@@ -5,12 +5,12 @@
 Synthetic 640x480 30 fps H.264 videos of each length (seconds) are built into frame-pair shards
 at 224 px, native rate (``fps=None``, ``frame_offset=1``), each in a fresh child process with
 ``workers=1`` so decoding happens in that process. Its peak RSS is the kernel's ``ru_maxrss``
-for the child (``os.wait4``); its private (unshared) memory is sampled from ``/proc`` too, as
-much of the RSS of a process that imported torch is shared library pages. Baselines measured in
-the same run: the same child holding the whole video in memory first
-(``lapa.data.sources.read_video``, the way videos were read before streaming) for lengths up to
-``--hold-up-to``, and PyAV's decode-only frame rate on the shortest video. The goal: the longest
-video's peak within 1.2x of the shortest's.
+for the child (``os.wait4``); its anonymous memory (heap and stacks, where data lives) is
+sampled from ``/proc`` too, as much of the RSS of a process that imported torch is library
+pages. Baselines measured in the same run: the same child holding the whole video in memory
+first (``lapa.data.sources.read_video``, the way videos were read before streaming) for lengths
+up to ``--hold-up-to``, and PyAV's decode-only frame rate on the shortest video. The goal: the
+longest video's peak within 1.2x of the shortest's.
 """
 
 from __future__ import annotations
@@ -71,29 +71,29 @@ def write_video(path: Path, seconds: int, fps: int = 30, width: int = 640, heigh
     return n
 
 
-def _private_mib(pid: int) -> float | None:
-    """Private (unshared) memory of a process from /proc/<pid>/smaps_rollup, in MiB."""
+def _anonymous_mib(pid: int) -> float | None:
+    """Anonymous memory (heap, stacks: what data can grow) of a process from /proc/<pid>/smaps_rollup, MiB."""
     try:
         text = Path(f"/proc/{pid}/smaps_rollup").read_text()
     except OSError:
         return None
     fields = dict(line.split(":", 1) for line in text.splitlines()[1:] if ":" in line)
-    return sum(int(fields[k].split()[0]) for k in ("Private_Clean", "Private_Dirty") if k in fields) / 1024
+    return int(fields["Anonymous"].split()[0]) / 1024 if "Anonymous" in fields else None
 
 
 def run_child(mode: str, video: Path, out: Path) -> tuple[dict, float, float]:
-    """(the child's JSON report, its peak RSS in MiB, its peak private memory in MiB, sampled every 50 ms)."""
+    """(the child's JSON report, its peak RSS and its peak anonymous memory (sampled every 50 ms), MiB)."""
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     proc = subprocess.Popen(
         [sys.executable, "-c", CHILD, mode, str(video), str(out)], stdout=subprocess.PIPE, env=env, text=True
     )
-    peak_private = [0.0]
+    peak_anon = [0.0]
 
     def sample() -> None:
         while proc.poll() is None:
-            value = _private_mib(proc.pid)
+            value = _anonymous_mib(proc.pid)
             if value is not None:
-                peak_private[0] = max(peak_private[0], value)
+                peak_anon[0] = max(peak_anon[0], value)
             time.sleep(0.05)
 
     sampler = threading.Thread(target=sample, daemon=True)
@@ -104,7 +104,7 @@ def run_child(mode: str, video: Path, out: Path) -> tuple[dict, float, float]:
     sampler.join()
     if proc.returncode != 0:
         raise RuntimeError(f"{mode} child failed ({proc.returncode})")
-    return json.loads(output.strip().splitlines()[-1]), usage.ru_maxrss / 1024, peak_private[0]  # kB
+    return json.loads(output.strip().splitlines()[-1]), usage.ru_maxrss / 1024, peak_anon[0]  # kB
 
 
 def decode_rate(video: Path) -> float:
@@ -135,16 +135,16 @@ def main() -> None:
             start = time.perf_counter()
             frames = write_video(video, seconds)
             made = time.perf_counter() - start
-            report, peak, private = run_child("stream", video, tmp / f"pairs{seconds}")
+            report, peak, anon = run_child("stream", video, tmp / f"pairs{seconds}")
             hold = run_child("hold", video, tmp / "none")[1:] if seconds <= args.hold_up_to else None
-            rows.append((seconds, frames, report, peak, private))
+            rows.append((seconds, frames, report, peak, anon))
             print(
                 f"{seconds:5d} s ({frames} frames, encoded in {made:.0f} s): streamed build peak RSS "
-                f"{peak:6.0f} MiB (private {private:5.0f}), "
+                f"{peak:6.0f} MiB (anonymous {anon:5.0f}), "
                 f"{report['pairs'] / report['seconds']:6.1f} pairs/s "
                 f"({report['pairs']} pairs in {report['seconds']:.0f} s)"
                 + (
-                    f"; baseline, whole video in memory: {hold[0]:6.0f} MiB (private {hold[1]:5.0f})"
+                    f"; baseline, whole video in memory: {hold[0]:6.0f} MiB (anonymous {hold[1]:5.0f})"
                     if hold
                     else ""
                 ),
@@ -155,7 +155,7 @@ def main() -> None:
     first, last = rows[0], rows[-1]
     print(
         f"peak RSS {last[0]} s / {first[0]} s: {last[3] / first[3]:.2f} (goal <= 1.2); "
-        f"private memory {last[0]} s / {first[0]} s: {last[4] / first[4]:.2f}"
+        f"anonymous memory {last[0]} s / {first[0]} s: {last[4] / first[4]:.2f}"
     )
 
 

@@ -26,11 +26,12 @@ class DecodedFrame:
     time: float
     duration: float
     frame: Any  # av.VideoFrame
+    matrix: np.ndarray | None = None  # display matrix (FFmpeg layout) or None
 
     def rgb(self) -> np.ndarray:
         """uint8 [H,W,3] as a player shows it: any pixel format (8/10/16-bit, grey) through swscale,
         then the display matrix (rotation/flip) applied."""
-        return orient(self.frame.to_ndarray(format="rgb24"), display_matrix(self.frame))
+        return orient(self.frame.to_ndarray(format="rgb24"), self.matrix)
 
 
 def display_matrix(frame) -> np.ndarray | None:
@@ -78,8 +79,15 @@ class VideoReader:
 
         default_dt = 1.0 / self.native_fps if self.native_fps else 0.1
         last_time: float | None = None
+        # the matrix is read from a frame's side data when its rotation changes (in practice once):
+        # reading side data for every frame makes PyAV's memory grow with the video
+        rotation: int | None = None
+        matrix: np.ndarray | None = None
         try:
             for frame in self.container.decode(self.stream):
+                angle = getattr(frame, "rotation", 0)
+                if angle != rotation:
+                    rotation, matrix = angle, display_matrix(frame)
                 i = self.decoded
                 self.decoded += 1
                 if frame.time is not None:
@@ -90,7 +98,7 @@ class VideoReader:
                 if frame.duration and frame.time_base is not None:
                     duration = float(frame.duration * frame.time_base)
                 last_time = t
-                yield DecodedFrame(i, t, duration, frame)
+                yield DecodedFrame(i, t, duration, frame, matrix)
         except av.error.FFmpegError as exc:
             raise ValueError(f"{self.path}: cannot decode video after {self.decoded} frames: {exc}") from exc
 
