@@ -28,6 +28,7 @@ CFG = EXP.cfg
 R = f"results/{EXP.name}"
 LOGS = f"logs/{EXP.name}"
 ARMS = list(CFG.workflow.arms)
+SEEDS = EXP.finetune_seeds  # every arm is finetuned and evaluated once per seed
 
 # Referenced as {LAPA_ARGS} in shell templates (not baked into them), so that the recorded rule
 # code stays the same whatever the overrides; their effect reaches the params instead.
@@ -43,6 +44,7 @@ if (Path(sys.executable).parent / "lapa").exists():
 wildcard_constraints:
     arm="lapa|scratch|action_pretrained",
     split="pretrain|demos",
+    seed=r"\d+",
 
 
 report: "workflow/report/workflow.rst"

@@ -170,3 +170,52 @@ def test_config_param_names_an_unknown_key():
         exp.config_param(["laq"], leave_out=["laq.nope"])
     # worker counts never decide an artifact
     assert "num_workers" not in exp.config_param(["data.loader"])
+
+
+# -- finetuning seeds and evaluation seeds -------------------------------------------------------------
+def experiment(name: str, *overrides: str):
+    from lapa_workflow.experiment import Experiment
+
+    return Experiment.from_snakemake_config({"experiment": name, "overrides": list(overrides)}, REPO)
+
+
+def test_finetuning_seeds_must_be_distinct_non_negative_integers():
+    assert experiment("tiny").finetune_seeds == [0]  # the quick experiments keep one seed
+    assert experiment("tiny", "workflow.finetune_seeds=[3,1]").finetune_seeds == [3, 1]
+    with pytest.raises(ValueError, match=r"tiny.yaml: workflow.finetune_seeds \[1, 1\] names a seed twice"):
+        experiment("tiny", "workflow.finetune_seeds=[1,1]")
+    for bad in ("[]", "[-1]"):
+        with pytest.raises(ValueError, match="workflow.finetune_seeds .* non-empty list of integers >= 0"):
+            experiment("tiny", f"workflow.finetune_seeds={bad}")
+
+
+def test_evaluation_seeds_must_lie_in_no_training_range():
+    # tiny: pretraining seeds [0, 4), demonstrations [100000, 100004), one evaluation episode per task
+    overlap = r"evaluation seeds \[99999, 100001\).*demos seeds \[100000, 100004\)"
+    with pytest.raises(ValueError, match=overlap):
+        experiment("tiny", "sim.eval_seed=99999", "evaluation.episodes_per_task=2")
+    experiment("tiny", "sim.eval_seed=99998", "evaluation.episodes_per_task=2")  # [99998, 100000): unseen
+    overlap = r"evaluation seeds \[3, 4\).*pretrain seeds \[0, 4\).*sim.pretrain_seed"
+    with pytest.raises(ValueError, match=overlap):
+        experiment("tiny", "sim.eval_seed=3")
+    # only the ranges this DAG renders: without closed-loop evaluation, or with LeRobot demonstrations
+    experiment("tiny", "sim.eval_seed=3", "workflow.eval_sim=false")
+    experiment("tiny", "sim.eval_seed=100000", "data.source=lerobot", "data.lerobot_root=/data/x")
+    with pytest.raises(ValueError, match=r"pretraining seeds \[0, 4\).*overlap the demonstration seeds"):
+        experiment("tiny", "sim.demo_seed=2")
+
+
+@pytest.mark.parametrize("name", ["metaworld_small", "metaworld_full"])
+def test_the_metaworld_experiments_run_the_protocol(name):
+    """MT10, exactly 10 training demonstrations per task with some held out for every task, the same
+    three or more finetuning seeds for every arm, at least 20 closed-loop episodes per task and seed
+    on seeds no training set uses (checked when the experiment loads)."""
+    exp = experiment(name)
+    cfg = exp.cfg
+    assert len(cfg.sim.tasks) == 10 and cfg.data.source == "metaworld"
+    assert cfg.data.sharding.train_episodes_per_task == 10 < cfg.sim.demo_episodes_per_task
+    assert list(cfg.workflow.arms) == ["lapa", "scratch", "action_pretrained"] and cfg.workflow.eval_sim
+    assert len(exp.finetune_seeds) >= 3
+    assert (cfg.evaluation.episodes_per_task or cfg.sim.eval_episodes_per_task) >= 20
+    small = experiment("metaworld_small").cfg
+    assert list(cfg.sim.tasks) == list(small.sim.tasks) and cfg.sim.max_steps == small.sim.max_steps

@@ -60,12 +60,12 @@ TINY = {"experiment": "tiny"}
 def assert_complete_tree(results: Path, arms: list[str], eval_sim: bool) -> None:
     assert (results / "laq" / "laq.ckpt").stat().st_size > 0
     assert (results / "laq" / "laq.recon.png").stat().st_size > 0
-    for arm in arms:
-        assert (results / "policy" / arm / "config.json").is_file()
-        metrics = json.loads((results / "eval" / arm / "offline" / "metrics.json").read_text())
+    for arm in arms:  # one finetuning seed (workflow.finetune_seeds: [0])
+        assert (results / "policy" / arm / "seed0" / "config.json").is_file()
+        metrics = json.loads((results / "eval" / arm / "seed0" / "offline" / "metrics.json").read_text())
         assert metrics
         if eval_sim:
-            assert (results / "eval" / arm / "sim" / "metrics.json").is_file()
+            assert (results / "eval" / arm / "seed0" / "sim" / "metrics.json").is_file()
     assert (results / "summary" / "results.csv").is_file()
     assert list((results / "curves").glob("*.png"))
     # no leftovers of atomic writes

@@ -8,6 +8,7 @@ fingerprinted is a copy, so editing code here leaves the repository alone.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -23,6 +24,7 @@ from lapa_workflow.runner import (  # noqa: E402
     fake_existing_outputs,
     job_reasons,
     planned_jobs,
+    planned_outputs,
     run_snakemake,
     snakemake_command,
 )
@@ -31,7 +33,7 @@ UPSTREAM_OF_LAQ = {"rollouts", "shards_pairs", "shards_demos"}
 FROM_LAQ_DOWN = {"train_laq", "label_latent", "train_foundation", "finetune", "eval_offline", "eval_sim"}
 EVERY_RULE = UPSTREAM_OF_LAQ | FROM_LAQ_DOWN | {"make_backbones", "action_stats", "label_actions"}
 EVERY_RULE |= {"results", "plot_curves"}
-ARMS = 3  # the tiny experiment finetunes and evaluates lapa, scratch and action_pretrained
+ARMS = 3  # the tiny experiment finetunes and evaluates lapa, scratch and action_pretrained, one seed each
 
 
 @pytest.fixture(scope="module")
@@ -153,6 +155,70 @@ def test_unknown_experiment_lists_the_available_ones(tmp_path):
     assert proc.returncode != 0
     assert "unknown experiment 'nope'" in proc.stdout + proc.stderr
     assert "tiny" in proc.stdout + proc.stderr and "default" in proc.stdout + proc.stderr
+
+
+# -- finetuning seeds: every arm runs the same ones, the results table reads them all --------------
+def shell_commands(out: str, command: str) -> list[str]:
+    """The shell commands of a ``snakemake -n -p`` listing that run ``lapa <command>``."""
+    return [line for line in out.splitlines() if f"lapa {command} " in line]
+
+
+def test_every_arm_runs_every_finetuning_seed_and_results_reads_them_all(tmp_path):
+    seeds = [0, 1, 2]
+    out = run_snakemake(
+        tmp_path, "-n", "-p", config={"experiment": "tiny"}, overrides=[f"workflow.finetune_seeds={seeds}"]
+    ).stdout
+    jobs = planned_jobs(out)
+    assert jobs["finetune"] == jobs["eval_offline"] == jobs["eval_sim"] == ARMS * len(seeds), out
+    assert jobs["train_foundation"] == 2 and jobs["train_laq"] == 1 and jobs["results"] == 1, out
+    arms = ["lapa", "scratch", "action_pretrained"]
+    finetunes = shell_commands(out, "finetune")
+    for arm in arms:
+        for seed in seeds:
+            policy = f"results/tiny/policy/{arm}/seed{seed}"
+            (line,) = [c for c in finetunes if f"--out {policy} " in c]
+            assert f"finetune.training.seed={seed} " in line, line
+            assert ("finetune.init=scratch" in line) == (arm == "scratch"), line
+    # the closed-loop evaluation of every arm and seed is the same command but for its paths
+    sims = shell_commands(out, "eval-sim")
+    assert len(sims) == ARMS * len(seeds)
+    plain = {re.sub(r"results/tiny/\S+|logs/tiny/\S+", "PATH", c) for c in sims}
+    assert len(plain) == 1, plain
+    (results,) = shell_commands(out, "results")
+    inputs = results.split("--inputs ")[1].split(" --")[0].split()
+    kinds = ("offline", "sim")
+    expected = {f"results/tiny/eval/{a}/seed{s}/{kind}" for a in arms for s in seeds for kind in kinds}
+    assert set(inputs) == expected and len(inputs) == len(expected), results
+    foundations = results.split("--foundation ")[1].split(" --")[0].split()
+    assert foundations == [f"results/tiny/foundation/{a}" for a in ("lapa", "action_pretrained")], results
+
+
+def test_added_finetuning_seeds_plan_only_their_runs_and_the_results(tree):
+    jobs, out = plan(tree, ["workflow.finetune_seeds=[0,1,2]"])
+    new = ARMS * 2
+    assert dict(jobs) == {"finetune": new, "eval_offline": new, "eval_sim": new, "results": 1}, out
+    assert not [p for p in planned_outputs(out) if "/seed0" in p], out  # seed 0 is kept as it is
+    assert any("Set of input files has changed" in r for r in job_reasons(out)["results"]), out
+
+
+def test_the_demonstration_split_by_task_leaves_the_frame_pairs_alone(tree):
+    jobs, out = plan(tree, ["data.sharding.train_episodes_per_task=2"], "-p")
+    assert "shards_demos" in jobs and "shards_pairs" not in jobs and "train_laq" not in jobs, out
+    (pairs,) = shell_commands(plan(tree, [], "-p", "--forcerun", "shards_pairs")[1], "shards pairs")
+    assert pairs.split(" > ")[0].endswith("data.sharding.train_episodes_per_task=null"), pairs
+
+
+def test_evaluation_seeds_inside_a_training_range_are_refused(tmp_path):
+    cases = {
+        "sim.eval_seed=100001": "demos seeds [100000, 100004)",
+        "sim.eval_seed=2": "pretrain seeds [0, 4)",
+    }
+    for override, named in cases.items():
+        proc = run_snakemake(tmp_path, "-n", config={"experiment": "tiny"}, overrides=[override], check=False)
+        text = proc.stdout + proc.stderr
+        assert proc.returncode != 0, text
+        assert "closed-loop evaluation seeds" in text and named in text, text[-3000:]
+        assert "tiny.yaml" in text and "sim.eval_seed" in text, text[-3000:]
 
 
 def test_video_source_reads_the_users_files(tmp_path):

@@ -43,3 +43,7 @@ class WorkflowConfig:
 
     arms: list[str] = field(default_factory=lambda: ["lapa"])  # lapa | scratch | action_pretrained
     eval_sim: bool = True  # closed-loop evaluation in the simulator (needs the 'sim' extra)
+    # Finetuning seeds, the same for every arm: each gives policy/<arm>/seed<N> (finetuned with
+    # finetune.training.seed=N: data order, augmentation draws, head init) and its evaluations,
+    # all on the same closed-loop evaluation seeds. Adding a seed builds only that seed's jobs.
+    finetune_seeds: list[int] = field(default_factory=lambda: [0])

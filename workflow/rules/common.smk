@@ -1,5 +1,5 @@
 # Shared helpers: a rule's contract (the config and code that decide its output), resources that
-# grow on a retry, paths per arm.
+# grow on a retry, paths per arm and finetuning seed.
 
 import hashlib
 
@@ -49,9 +49,9 @@ def grow(base, factor=1.5):
     return lambda wildcards, attempt: int(base * factor ** (attempt - 1))
 
 
-def expand_arms(pattern, arms=None):
-    """One path per arm from a rule output pattern holding {arm}."""
-    return expand(pattern, arm=ARMS if arms is None else arms)
+def expand_runs(pattern, arms=None):
+    """One path per arm and finetuning seed from a rule output pattern holding {arm} and {seed}."""
+    return expand(pattern, arm=ARMS if arms is None else arms, seed=SEEDS)
 
 
 def pretrained_arms():

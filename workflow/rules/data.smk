@@ -50,6 +50,12 @@ def demos_inputs(wildcards=None):
     return expand(rules.rollouts.output[0], split="demos")
 
 
+# The split by task (data.sharding.train_episodes_per_task: exactly N training demonstrations per
+# task) is the demonstrations'; frame pairs always split by episode hash at val_fraction, so that
+# pretraining videos are not held out N-by-task as well.
+PAIRS_SPLIT = "data.sharding.train_episodes_per_task"
+
+
 rule shards_pairs:
     input:
         pairs_inputs,
@@ -58,6 +64,7 @@ rule shards_pairs:
     params:
         **contract(
             config=["data.source", "data.videos", "data.lerobot_root", "data.sharding"],
+            leave_out=[PAIRS_SPLIT],
             code=["lapa.commands.data:run_shards", "lapa.data"],
         ),
     log:
@@ -69,7 +76,7 @@ rule shards_pairs:
         mem_mb=grow(4000),
         runtime=grow(120),
     shell:
-        "lapa shards pairs --input {input:q} --out {output} {LAPA_ARGS} > {log} 2>&1"
+        "lapa shards pairs --input {input:q} --out {output} {LAPA_ARGS} " + PAIRS_SPLIT + "=null > {log} 2>&1"
 
 
 rule shards_demos:

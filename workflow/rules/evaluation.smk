@@ -1,4 +1,5 @@
-# Evaluation of every arm's policy, the results table, training curves for the report.
+# Evaluation of every arm's policy for every finetuning seed, the results table over all of them,
+# training curves for the report.
 
 
 rule eval_offline:
@@ -7,12 +8,12 @@ rule eval_offline:
         shards=rules.shards_demos.output[0],
     output:
         report(
-            directory(f"{R}/eval/{{arm}}/offline"),
+            directory(f"{R}/eval/{{arm}}/seed{{seed}}/offline"),
             patterns=["{name}.png"],
             caption="../report/eval_offline.rst",
             category="3. Evaluation",
             subcategory="{arm}",
-            labels={"arm": "{arm}", "figure": "offline: {name}"},
+            labels={"arm": "{arm}", "seed": "{seed}", "figure": "offline: {name}"},
         ),
     params:
         **contract(
@@ -20,9 +21,9 @@ rule eval_offline:
             code=["lapa.commands.evaluation:run_eval_offline", "lapa.evaluation.offline"],
         ),
     log:
-        f"{LOGS}/eval_offline_{{arm}}.log",
+        f"{LOGS}/eval_offline_{{arm}}_seed{{seed}}.log",
     benchmark:
-        f"{LOGS}/bench/eval_offline_{{arm}}.tsv"
+        f"{LOGS}/bench/eval_offline_{{arm}}_seed{{seed}}.tsv"
     threads: 1
     resources:
         mem_mb=grow(8000),
@@ -38,12 +39,12 @@ rule eval_sim:
         rules.finetune.output.policy,
     output:
         report(
-            directory(f"{R}/eval/{{arm}}/sim"),
+            directory(f"{R}/eval/{{arm}}/seed{{seed}}/sim"),
             patterns=["{name}.png"],
             caption="../report/eval_sim.rst",
             category="3. Evaluation",
             subcategory="{arm}",
-            labels={"arm": "{arm}", "figure": "closed loop: {name}"},
+            labels={"arm": "{arm}", "seed": "{seed}", "figure": "closed loop: {name}"},
         ),
     params:
         **contract(
@@ -52,9 +53,9 @@ rule eval_sim:
             code=["lapa.commands.sim:_run_eval_sim", "lapa.evaluation.closed_loop", "lapa.sim"],
         ),
     log:
-        f"{LOGS}/eval_sim_{{arm}}.log",
+        f"{LOGS}/eval_sim_{{arm}}_seed{{seed}}.log",
     benchmark:
-        f"{LOGS}/bench/eval_sim_{{arm}}.tsv"
+        f"{LOGS}/bench/eval_sim_{{arm}}_seed{{seed}}.tsv"
     threads: 2
     resources:
         mem_mb=grow(8000),
@@ -65,10 +66,16 @@ rule eval_sim:
 
 
 def eval_targets():
-    out = expand_arms(rules.eval_offline.output[0])
+    """Every arm x finetuning seed evaluation: offline, and closed loop with workflow.eval_sim."""
+    out = expand_runs(rules.eval_offline.output[0])
     if CFG.workflow.eval_sim:
-        out += expand_arms(rules.eval_sim.output[0])
+        out += expand_runs(rules.eval_sim.output[0])
     return out
+
+
+def foundation_args(wildcards, input):
+    """`--foundation DIR ...` for the arms with a foundation model (their top-1 beside chance)."""
+    return f"--foundation {' '.join(input.foundations)}" if input.foundations else ""
 
 
 def laq_diagnostics():
@@ -85,8 +92,11 @@ def laq_diagnostics_args(wildcards, input):
 
 
 rule results:
+    """One table over every arm and finetuning seed: `lapa results` reads arm and seed from the
+    paths (eval/<arm>/seed<N>/...) and refuses arms evaluated differently."""
     input:
         evals=eval_targets(),
+        foundations=expand(rules.train_foundation.output.model, arm=pretrained_arms()),
         **laq_diagnostics(),
     output:
         report(
@@ -99,6 +109,7 @@ rule results:
     params:
         **contract(config=["name"], code=["lapa.commands.results:_run", "lapa.evaluation.results"]),
         laq_args=laq_diagnostics_args,
+        foundation_args=foundation_args,
     log:
         f"{LOGS}/results.log",
     benchmark:
@@ -108,14 +119,19 @@ rule results:
         mem_mb=grow(2000),
         runtime=grow(10),
     shell:
-        "lapa results --inputs {input.evals} {params.laq_args} --out {output} {LAPA_ARGS} > {log} 2>&1"
+        "lapa results --inputs {input.evals} {params.laq_args} {params.foundation_args} --out {output}"
+        " {LAPA_ARGS} > {log} 2>&1"
 
 
 def curve_logs():
-    """Each training run's CSV logs, declared outputs of the training rules, by figure name."""
+    """Each training run's CSV logs, declared outputs of the training rules, by figure name.
+
+    Finetuning is drawn for the first finetuning seed of each arm, so adding seeds to
+    workflow.finetune_seeds redraws nothing."""
     out = {"laq": rules.train_laq.output.logs}
     out |= {f"foundation_{arm}": expand(rules.train_foundation.output.logs, arm=arm)[0] for arm in pretrained_arms()}
-    out |= {f"finetune_{arm}": expand(rules.finetune.output.logs, arm=arm)[0] for arm in ARMS}
+    first = SEEDS[0]
+    out |= {f"finetune_{arm}": expand(rules.finetune.output.logs, arm=arm, seed=first)[0] for arm in ARMS}
     return out
 
 

@@ -1,5 +1,6 @@
-# Stage 3: finetuning to binned robot actions (the deployable policy). The action statistics it
-# reads come from data.smk.
+# Stage 3: finetuning to binned robot actions (the deployable policy), once per arm and finetuning
+# seed (workflow.finetune_seeds, the same for every arm). The action statistics it reads come from
+# data.smk.
 
 
 def finetune_inputs(wildcards):
@@ -26,20 +27,21 @@ rule finetune:
     input:
         unpack(finetune_inputs),
     output:
-        policy=directory(f"{R}/policy/{{arm}}"),
-        logs=directory(f"{R}/policy/{{arm}}.logs"),
+        policy=directory(f"{R}/policy/{{arm}}/seed{{seed}}"),
+        logs=directory(f"{R}/policy/{{arm}}/seed{{seed}}.logs"),
     params:
         **contract(
+            # finetune.training.seed is the {seed} wildcard, passed on the command line
             config=["seed", "finetune", "data.loader"],
-            leave_out=RUN_ONLY("finetune"),
+            leave_out=[*RUN_ONLY("finetune"), "finetune.training.seed"],
             code=["lapa.commands.finetune:run_finetune", "lapa.finetune"],
-            work="finetune/{arm}",
+            work="finetune/{arm}/seed{seed}",
         ),
         init=finetune_init,
     log:
-        f"{LOGS}/finetune_{{arm}}.log",
+        f"{LOGS}/finetune_{{arm}}_seed{{seed}}.log",
     benchmark:
-        f"{LOGS}/bench/finetune_{{arm}}.tsv"
+        f"{LOGS}/bench/finetune_{{arm}}_seed{{seed}}.tsv"
     threads: 2
     resources:
         mem_mb=grow(16000),
@@ -53,5 +55,6 @@ rule finetune:
         "if [ -n '{resources.mpi}' ]; then "
         "launch='{resources.mpi} --nodes={resources.nodes} --ntasks-per-node={resources.tasks_per_node}'; fi; "
         "$launch lapa finetune --backbones {input.backbones} --action-stats {input.stats}"
-        " --shards {input.shards} --out {output.policy} --workdir {params.workdir} {LAPA_ARGS} {params.init}"
+        " --shards {input.shards} --out {output.policy} --workdir {params.workdir} {LAPA_ARGS}"
+        " finetune.training.seed={wildcards.seed} {params.init}"
         " > {log} 2>&1; " + COPY_CSV_LOGS

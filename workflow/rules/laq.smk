@@ -42,7 +42,7 @@ rule train_laq:
 
 
 # What labelling reads besides its inputs: how many bins the action probe uses, bad-sample
-# handling and the shard layout it writes.
+# handling and the shard layout it writes (its splits are those of the pair shards it reads).
 LABEL_CONFIG = ["laq.training.action_bins", "data.loader.on_error", "data.sharding"]
 
 
@@ -53,7 +53,7 @@ rule label_latent:
     output:
         directory(f"{R}/latent"),
     params:
-        **contract(config=LABEL_CONFIG, code=["lapa.commands.laq:run_label", "lapa.laq"]),
+        **contract(config=LABEL_CONFIG, leave_out=[PAIRS_SPLIT], code=["lapa.commands.laq:run_label", "lapa.laq"]),
     log:
         f"{LOGS}/label_latent.log",
     benchmark:
@@ -76,7 +76,7 @@ rule label_actions:
     output:
         directory(f"{R}/action_labels"),
     params:
-        **contract(config=LABEL_CONFIG, code=["lapa.commands.laq:run_label", "lapa.laq"]),
+        **contract(config=LABEL_CONFIG, leave_out=[PAIRS_SPLIT], code=["lapa.commands.laq:run_label", "lapa.laq"]),
     log:
         f"{LOGS}/label_actions.log",
     benchmark:

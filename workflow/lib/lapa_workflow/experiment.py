@@ -92,6 +92,61 @@ class Experiment:
             )
         if self.cfg.data.source not in SOURCES:
             raise ValueError(f"{self.path}: data.source {self.cfg.data.source!r} must be one of {SOURCES}")
+        seeds = list(wf.finetune_seeds)
+        if not seeds or any(not isinstance(s, int) or isinstance(s, bool) or s < 0 for s in seeds):
+            raise ValueError(
+                f"{self.path}: workflow.finetune_seeds {seeds} must be a non-empty list of integers >= 0"
+            )
+        if len(set(seeds)) != len(seeds):
+            raise ValueError(f"{self.path}: workflow.finetune_seeds {seeds} names a seed twice")
+        self.check_eval_seeds()
+
+    def check_eval_seeds(self) -> None:
+        """Refuse closed-loop evaluation seeds that a training set of this DAG also renders.
+
+        Episode j of every task uses layout seed ``sim.<split>_seed + j``: the evaluation range
+        ``[sim.eval_seed, + episodes per task)`` (``evaluation.episodes_per_task``, else
+        ``sim.eval_episodes_per_task``) must meet neither the pretraining videos' range (when they
+        come from the simulator) nor the demonstrations' range (unless they come from LeRobot).
+        Raises ``ValueError`` naming the experiment file, both ranges and the keys that set them.
+        """
+        from lapa.sim.rollouts import seed_range
+
+        sim = self.cfg.sim
+        source = self.cfg.data.source
+        training = {"pretrain": source == "metaworld", "demos": source != "lerobot"}
+        keys = {
+            "pretrain": "sim.pretrain_seed, sim.pretrain_episodes_per_task",
+            "demos": "sim.demo_seed, sim.demo_episodes_per_task",
+        }
+        ranges = {split: seed_range(sim, split) for split, used in training.items() if used}
+        if ranges.get("pretrain") and ranges.get("demos"):
+            (a0, a1), (b0, b1) = ranges["pretrain"], ranges["demos"]
+            if a0 < b1 and b0 < a1:
+                raise ValueError(
+                    f"{self.path}: pretraining seeds [{a0}, {a1}) ({keys['pretrain']}) overlap the "
+                    f"demonstration seeds [{b0}, {b1}) ({keys['demos']})"
+                )
+        if not self.cfg.workflow.eval_sim:
+            return
+        episodes = int(self.cfg.evaluation.episodes_per_task or sim.eval_episodes_per_task)
+        if episodes < 1:
+            raise ValueError(
+                f"{self.path}: closed-loop evaluation needs >= 1 episode per task, not {episodes}"
+            )
+        e0, e1 = int(sim.eval_seed), int(sim.eval_seed) + episodes
+        for split, (a0, a1) in ranges.items():
+            if e0 < a1 and a0 < e1:
+                raise ValueError(
+                    f"{self.path}: closed-loop evaluation seeds [{e0}, {e1}) (sim.eval_seed, {episodes} "
+                    f"episodes per task) overlap the {split} seeds [{a0}, {a1}) ({keys[split]}): "
+                    "evaluation layouts must lie in no training set; move sim.eval_seed past them"
+                )
+
+    @property
+    def finetune_seeds(self) -> list[int]:
+        """``workflow.finetune_seeds``: the finetuning seeds every arm runs."""
+        return [int(s) for s in self.cfg.workflow.finetune_seeds]
 
     # -- command lines -------------------------------------------------------------------------
     @property
