@@ -111,7 +111,7 @@ def _scale_to_uint8(arr: np.ndarray) -> np.ndarray:
 
 
 def to_uint8_rgb(image: Any) -> np.ndarray:
-    """Any camera image to a contiguous uint8 RGB array [H, W, 3].
+    """Any camera image to a contiguous, writable uint8 RGB array [H, W, 3].
 
     Accepts numpy arrays and torch tensors (HWC, CHW or HW) and PIL images. Grey is repeated to
     three channels and the alpha of RGBA dropped. uint8 passes through; uint16 (and PIL's 16-bit
@@ -140,7 +140,8 @@ def to_uint8_rgb(image: Any) -> np.ndarray:
         arr = np.repeat(arr, 3, axis=-1)
     elif channels == 4:
         arr = arr[..., :3]
-    return np.ascontiguousarray(arr)
+    arr = np.ascontiguousarray(arr)
+    return arr if arr.flags.writeable else arr.copy()  # PIL's buffers are read-only
 
 
 # ---------------------------------------------------------------------------------------------
