@@ -55,7 +55,7 @@ def main() -> None:
             f"foundation.training.batch_size_per_device={args.batch}",
             f"foundation.training.effective_batch_size={args.batch}",
             f"foundation.training.cpu_threads={args.threads}",
-            "foundation.training.val_batches=0",
+            "foundation.training.val_samples=0",
             "foundation.training.checkpoint_every_steps=0",
             f"logging.log_every_steps={max(1, args.steps // 2)}",  # the second window is steady state
             f"data.loader.num_workers={args.workers}",

@@ -27,7 +27,7 @@ STEPS = 20
 TRAIN_OVERRIDES = [
     f"finetune.training.max_steps={STEPS}",
     "finetune.training.val_every_steps=10",
-    "finetune.training.val_batches=2",
+    "finetune.training.val_samples=16",
     "finetune.training.checkpoint_every_steps=10",
     "finetune.training.cpu_threads=1",  # the same arithmetic in this process and in a subprocess
 ]
@@ -204,6 +204,54 @@ def test_scratch_and_foundation_arms_see_the_same_batches(setup, tmp_path):
     lapa_keys, lapa_images = _first_keys(overrides, inputs, "foundation", tmp_path / "lapa")
     assert scratch_keys == lapa_keys and len({k for keys in lapa_keys for k in keys}) > 8
     assert torch.equal(scratch_images, lapa_images)
+
+
+def _setup_run(overrides: list[str], inputs, init: str, workdir: Path):
+    from lapa.finetune.train import setup as setup_run
+    from lapa.vla.parallelize import make_fabric, plan_run
+
+    cfg = tiny_config([*overrides, f"finetune.init={init}"])
+    plan = plan_run(cfg.finetune.training, "finetune.training")
+    return setup_run(
+        make_fabric(plan, activation_checkpointing=False),
+        plan,
+        cfg,
+        foundation_dir=inputs["foundation"] if init == "foundation" else None,
+        backbones_dir=inputs["backbones"],
+        action_stats_path=inputs["action_stats"],
+        shards_dir=inputs["shards"],
+        out_dir=workdir / "out",
+        workdir=workdir,
+    )
+
+
+def test_validation_reads_every_held_out_frame_beside_the_majority_bin_rate(setup, tmp_path):
+    """Whole split: every val frame is validated once (batch 5 leaves a partial batch), and the bin
+    accuracy's chance is the commonest true bin's rate over them; both arms validate the same frames."""
+    from lapa.data.action_codec import ActionStats
+    from lapa.data.shard_reader import read_shard_actions
+    from lapa.finetune.train import validate
+
+    _, _, inputs = setup
+    actions, _ = read_shard_actions(inputs["shards"], "val")
+    count = json.loads((inputs["shards"] / "info.json").read_text())["counts"]["val"]
+    assert len(actions) == count and count % 5
+    overrides = [*TRAIN_OVERRIDES, "finetune.training.val_samples=null", "finetune.training.batch_size=5"]
+    run = _setup_run(overrides, inputs, "scratch", tmp_path / "scratch")
+    val = validate(run)
+    assert val["val/samples"] == count
+    bins = ActionStats.load(inputs["action_stats"]).quantize(actions)
+    chance = [np.bincount(bins[:, d]).max() / count for d in range(bins.shape[1])]
+    assert val["val/bin_accuracy_chance"] == pytest.approx(np.mean(chance))
+    assert val["val/bin_accuracy_chance_dim3"] == pytest.approx(chance[3])
+    other = _setup_run(overrides, inputs, "foundation", tmp_path / "lapa")
+    assert other.val_set == run.val_set and len(run.val_set) == count
+    capped = _setup_run(
+        [*overrides[:-2], "finetune.training.val_samples=5"], inputs, "scratch", tmp_path / "c"
+    )
+    assert validate(capped)["val/samples"] == 5 and len(set(capped.val_set.tasks)) == len(
+        set(run.val_set.tasks)
+    )
 
 
 def test_scratch_variant_builds_the_same_architecture(setup):

@@ -20,7 +20,6 @@ CONFIGS = REPO / "configs"
 COMMON = (
     "foundation.training.checkpoint_every_steps=2",
     "foundation.training.val_every_steps=4",
-    "foundation.training.val_batches=8",
     "foundation.training.batch_size_per_device=4",
     "foundation.training.effective_batch_size=8",
     "foundation.training.lr=1e-4",

@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -76,7 +77,7 @@ def test_overfits_32_samples(data, tmp_path):
         "foundation.training.weight_decay=0",
         "foundation.training.warmup_steps=5",
         "foundation.training.val_every_steps=1000",
-        "foundation.training.val_batches=4",
+        "foundation.training.val_samples=null",
         "foundation.training.checkpoint_every_steps=0",
     )
     result = train_foundation(cfg, backbones, shards, tmp_path / "found")
@@ -108,7 +109,7 @@ def test_out_of_vocabulary_labels_name_the_shard(data, tmp_path):
     root, _, backbones = data
     # labels drawn from 16 codes, info.json claims 8: the first bad index is reported with its shard
     shards = _bad_shards(tmp_path, vocab_size=16, info_overrides={"vocab_size": 8}, seed=3)
-    cfg = config(root, "foundation.training.max_steps=2", "foundation.training.val_batches=0")
+    cfg = config(root, "foundation.training.max_steps=2", "foundation.training.val_samples=0")
     with pytest.raises(ValueError, match=r"latent-train-00000[01]\.tar.*outside the vocabulary \[0, 8\)"):
         train_foundation(cfg, backbones, shards, tmp_path / "found")
     assert not (tmp_path / "found").exists()
@@ -117,7 +118,7 @@ def test_out_of_vocabulary_labels_name_the_shard(data, tmp_path):
 def test_num_tokens_mismatch_names_the_source(data, tmp_path):
     root, _, backbones = data
     shards = _bad_shards(tmp_path)
-    cfg = config(root, "foundation.head.num_tokens=6", "foundation.training.val_batches=0")
+    cfg = config(root, "foundation.head.num_tokens=6", "foundation.training.val_samples=0")
     with pytest.raises(
         ValueError, match=r"info\.json says num_tokens=4 but the config sets foundation\.head\.num_tokens=6"
     ):
@@ -125,7 +126,7 @@ def test_num_tokens_mismatch_names_the_source(data, tmp_path):
     # a shard labelled with another token count than its directory's info.json
     other = tmp_path / "other"
     write_labelled_shards(other, num_train=8, num_tokens=6, info_overrides={"num_tokens": 4})
-    cfg = config(root, "foundation.training.val_batches=0")
+    cfg = config(root, "foundation.training.val_samples=0")
     with pytest.raises(ValueError, match=r"latent-train-000000\.tar.*expected num_tokens=4"):
         train_foundation(cfg, backbones, other, tmp_path / "found")
 
@@ -134,7 +135,7 @@ RESUME_ARGS = (
     "foundation.training.max_steps=24",  # a wide window after the first checkpoint for the kill
     "foundation.training.checkpoint_every_steps=2",
     "foundation.training.val_every_steps=1000",
-    "foundation.training.val_batches=1",
+    "foundation.training.val_samples=8",
     "foundation.training.batch_size_per_device=4",
     "foundation.training.effective_batch_size=8",  # 2 accumulation steps
     "data.loader.augment=true",  # the augmentation stream must resume too
@@ -248,3 +249,45 @@ def test_resume_after_kill_reaches_the_same_weights(data, uninterrupted, tmp_pat
     assert result.returncode == 0, result.stderr[-3000:]
     assert "resumed from" in result.stderr
     _assert_same_weights(load_file(str(out / "model.safetensors")), uninterrupted)
+
+
+def _labels(shards: Path, split: str = "val") -> tuple[list[str], np.ndarray]:
+    from lapa.data.codec import decode_npy
+    from lapa.data.shard_reader import iter_samples, list_shards
+
+    texts, labels = [], []
+    for sample in iter_samples(list_shards(shards, split), exts=("txt", "latent.npy")):
+        texts.append(sample["txt"].decode())
+        labels.append(decode_npy(sample["latent.npy"]))
+    return texts, np.stack(labels)
+
+
+def test_validation_reads_the_whole_split_or_a_stratified_sample_beside_chance(data, tmp_path):
+    """21 val samples at batch 8: all 21 are validated (not a prefix of batches), with the majority-code
+    rate of their labels beside the accuracy; a cap of 10 reads 10 covering every instruction."""
+    from lapa.foundation.train import setup, validate
+    from lapa.vla.parallelize import make_fabric, plan_run
+
+    root, _, backbones = data
+    shards = tmp_path / "shards"
+    write_labelled_shards(shards, num_train=8, num_val=21, samples_per_shard=8, seed=5)
+    texts, labels = _labels(shards)
+    for limit, expected in (("null", 21), ("10", 10)):
+        cfg = config(root, f"foundation.training.val_samples={limit}")
+        plan = plan_run(cfg.foundation.training)
+        run = setup(
+            make_fabric(plan, activation_checkpointing=False), plan, cfg, backbones, shards, tmp_path / limit
+        )
+        val = validate(run)
+        assert val["samples"] == expected == len(run.val_set)
+        assert val["top1_uniform"] == pytest.approx(1 / 8) and val["top3_uniform"] == pytest.approx(3 / 8)
+        keys = {k for _, k in run.val_set.entries}
+        rows = [i for i in range(21) if f"val{i:06d}" in keys]
+        assert len(set(texts[i] for i in rows)) == 5  # every instruction
+        chosen = labels[rows]
+        majority = np.mean([np.bincount(chosen[:, t], minlength=8).max() / expected for t in range(4)])
+        assert val["top1_majority"] == pytest.approx(majority)
+    again = setup(
+        make_fabric(plan, activation_checkpointing=False), plan, cfg, backbones, shards, tmp_path / "b"
+    )
+    assert again.val_set == run.val_set  # the same sample for the same seed

@@ -36,7 +36,7 @@ OVERRIDES = [
     "laq.training.max_steps=40",
     "laq.training.warmup_steps=5",
     "laq.training.val_every_steps=8",
-    "laq.training.val_batches=2",
+    "laq.training.val_samples=48",
     "laq.training.checkpoint_every_steps=8",
     "laq.training.num_workers=0",
     "laq.training.accelerator=cpu",
@@ -389,3 +389,21 @@ def test_action_targets_use_the_intended_action_when_pairs_record_one(tmp_path):
         )
     with pytest.raises(ValueError, match="action source must be one of"):
         ActionTarget(stats, "expert")
+
+
+def test_validation_covers_the_whole_val_split(shards, tmp_path):
+    """Null val_samples: every val pair is validated (the code statistics count them all), in every
+    validation of the run; the metrics file says what was validated."""
+    short = [
+        "laq.training.max_steps=2",
+        "laq.training.checkpoint_every_steps=2",
+        "laq.training.val_every_steps=2",
+        "laq.training.val_samples=null",
+        "laq.training.batch_size=5",
+    ]
+    count = json.loads((shards / "info.json").read_text())["counts"]["val"]
+    metrics = train_laq(load_config("default", OVERRIDES + short), shards, tmp_path / "laq.ckpt")
+    assert count > 5 and count % 5 and metrics["val"]["val/samples"] == count  # batches and a partial one
+    assert metrics["val_set"]["samples"] == metrics["val_set"]["split_samples"] == count
+    assert metrics["val_set"]["tasks"] == {"sprite": [count, count]}
+    assert 0 < metrics["val"]["val/utilisation"] <= 1 and "val/probe_chance" in metrics["val"]

@@ -42,7 +42,9 @@ class TrainingConfig:
     num_nodes: int = 1
     cpu_threads: int | None = None  # torch threads per process on CPU; None: the default split over devices
     val_every_steps: int = 1000  # 0 disables validation
-    val_batches: int = 20  # per rank
+    # validation samples: null reads the whole val split; N > 0 a sample of N stratified by task and
+    # seeded by the run's seed (the same samples at every validation and in every arm); 0 turns it off
+    val_samples: int | None = None
     checkpoint_every_steps: int = 1000  # 0: only at the end (and when stopping early)
     keep_last: int = 2  # resumable checkpoints kept in the work directory
     stop_after_steps: int | None = None  # leave after this many steps in one run (time-limited jobs)

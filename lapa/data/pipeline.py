@@ -9,6 +9,11 @@ with fewer, every slot reads all shards and keeps every n-th sample, so no slot 
 sample is read twice (the case webdataset's ``empty_check`` refuses). With ``epoch_samples``
 each slot draws shards with replacement and an epoch is a fixed number of batches: the mode for
 step-based and multi-GPU training, where ranks must see equal numbers of batches.
+
+Validation reads a ``ValidationSet`` (``validation_set``): the whole val split, or a seeded sample
+stratified by task when capped, never a prefix of the shard order. Its samples are dealt to the
+(rank, worker) slots in contiguous runs of shard order, so the slots read disjoint parts that
+together cover the set exactly once (slot sizes differ by at most one sample).
 """
 
 from __future__ import annotations
@@ -19,6 +24,10 @@ import logging
 import math
 import os
 import random
+import zlib
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import braceexpand
@@ -29,17 +38,20 @@ from torch.utils.data import DataLoader, IterableDataset
 from lapa.config.data import LoaderConfig
 from lapa.data.codec import decode_jpeg, decode_npy
 from lapa.data.images import resize_square
-from lapa.data.shard_reader import ShardReadError, list_shards, read_info, stream_samples
+from lapa.data.shard_reader import ShardReadError, iter_samples, list_shards, read_info, stream_samples
 from lapa.data.transforms import FrameAugment
 
 __all__ = [
     "ShardDataset",
     "ShardReadError",
+    "ValidationSet",
     "collate",
     "list_shards",
     "make_dataset",
     "make_loader",
     "read_info",
+    "stratified_sample",
+    "validation_set",
 ]
 
 log = logging.getLogger(__name__)
@@ -144,6 +156,7 @@ class ShardDataset(IterableDataset):
         rank: int | None = None,
         world_size: int | None = None,
         action_dim: int | None = None,
+        entries: ValidationSet | Sequence[tuple[str, str]] | None = None,
     ):
         super().__init__()
         if task not in TASKS:
@@ -156,6 +169,15 @@ class ShardDataset(IterableDataset):
             raise ValueError(
                 "data.loader.horizontal_flip would mirror images but not their actions (task low_level)"
             )
+        if entries is not None and (train or epoch_samples is not None):
+            raise ValueError(
+                "a list of validation entries is read once in order: train=False, no epoch_samples"
+            )
+        self.entries = (
+            None
+            if entries is None
+            else tuple((str(u), str(k)) for u, k in getattr(entries, "entries", entries))
+        )
         self.shards = list(shards)
         self.task, self.train, self.seed = task, train, seed
         self.batch_size = int(cfg.batch_size)
@@ -215,6 +237,15 @@ class ShardDataset(IterableDataset):
         rng = random.Random(f"{self.seed}-{rank}-{worker}-{token}")
         slots, slot = world * workers, rank * workers + worker
         keep_every = 1
+        if self.entries is not None:
+            start, stop = share_bounds(len(self.entries), slot, slots)
+            wanted = set(self.entries[start:stop])
+            urls = list(dict.fromkeys(u for u, _ in self.entries[start:stop]))
+            samples = (
+                s for s in stream_samples(urls, self.handler) if (s["__url__"], s["__key__"]) in wanted
+            )
+            yield from self._batches(self._decoded(samples, rng))
+            return
         if self.epoch_samples is not None:
             urls = self._resampled(rng)
         elif len(self.shards) >= slots:
@@ -375,13 +406,18 @@ def make_dataset(
     rank: int | None = None,
     world_size: int | None = None,
     action_dim: int | None = None,
+    entries: ValidationSet | Sequence[tuple[str, str]] | None = None,
 ) -> ShardDataset:
     """The batching IterableDataset over ``shards`` for ``task`` (laq | foundation | low_level).
 
     Training shuffles (shards per slot and a sample buffer) and augments; validation reads every
     sample exactly once in order. ``epoch_samples`` switches to resampled step-based epochs of
     that many samples per rank. ``rank``/``world_size`` override the process group / env.
+    ``entries`` (a ``ValidationSet`` or (shard, key) pairs, validation only) restricts reading to
+    those samples, each read once by exactly one (rank, worker) slot.
     """
+    if entries is not None and not shards:
+        shards = list(dict.fromkeys(u for u, _ in getattr(entries, "entries", entries)))
     return ShardDataset(
         expand_shards(shards, train),
         task,
@@ -392,6 +428,7 @@ def make_dataset(
         rank=rank,
         world_size=world_size,
         action_dim=action_dim,
+        entries=entries,
     )
 
 
@@ -402,3 +439,133 @@ def make_loader(shards, task: str, cfg: LoaderConfig, train: bool, **kw) -> Data
     dataset = make_dataset(shards, task, cfg, train, **kw)
     extra = {"prefetch_factor": 4, "persistent_workers": False} if num_workers > 0 else {}
     return DataLoader(dataset, batch_size=None, num_workers=num_workers, pin_memory=pin_memory, **extra)
+
+
+# -- validation sets ----------------------------------------------------------------------------
+
+
+def share_bounds(n: int, slot: int, slots: int) -> tuple[int, int]:
+    """[start, stop) of slot ``slot`` of ``slots`` in a list of ``n``: contiguous, disjoint,
+    covering all ``n``, sizes differing by at most one."""
+    if not 0 <= slot < slots:
+        raise ValueError(f"slot {slot} out of range for {slots} slots")
+    return n * slot // slots, n * (slot + 1) // slots
+
+
+def stratified_sample(strata: Sequence[str], limit: int | None, seed: int) -> np.ndarray:
+    """Sorted indices int64 [min(limit, N)] of a seeded sample of ``strata`` (one label per item),
+    stratified: strata get shares in proportion to their sizes (largest remainders) with at least one
+    item each when ``limit`` >= the number of strata (else ``limit`` strata drawn at random get one
+    each), and the items of a stratum are drawn at random. ``limit`` None or
+    >= N: every index. Deterministic in (``strata``, ``limit``, ``seed``)."""
+    n = len(strata)
+    if limit is None or limit >= n:
+        return np.arange(n, dtype=np.int64)
+    if limit < 1:
+        raise ValueError(f"a validation sample needs at least one item, got limit={limit}")
+    labels = np.asarray([str(x) for x in strata])
+    names, inverse = np.unique(labels, return_inverse=True)
+    sizes = np.bincount(inverse, minlength=len(names))
+    rng = np.random.default_rng([seed, 0x7A11D])
+    quota = np.zeros(len(names), dtype=np.int64)
+    if limit < len(names):
+        quota[rng.choice(len(names), limit, replace=False)] = 1
+    else:
+        exact = sizes * limit / n
+        quota = np.maximum(np.floor(exact).astype(np.int64), 1)
+        while quota.sum() > limit:  # the minimum of one lifted some: take back from the most over
+            over = np.where(quota > 1, quota - exact, -np.inf)
+            quota[int(np.argmax(over))] -= 1
+        while quota.sum() < limit:  # largest remainders
+            under = np.where(quota < sizes, exact - quota, -np.inf)
+            quota[int(np.argmax(under))] += 1
+    picked = []
+    for g, name in enumerate(names):
+        members = np.flatnonzero(inverse == g)
+        own = np.random.default_rng([seed, zlib.crc32(name.encode("utf-8"))])  # independent of other strata
+        picked.append(own.choice(members, int(quota[g]), replace=False))
+    return np.sort(np.concatenate(picked)).astype(np.int64)
+
+
+def _sample_task(sample: dict) -> str:
+    meta = {}
+    if "json" in sample:
+        try:
+            meta = json.loads(sample["json"])
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ShardReadError(
+                f"{sample['__url__']}: sample {sample['__key__']!r}: bad json: {exc}"
+            ) from exc
+    task = meta.get("task") or meta.get("instruction")
+    if not task and "txt" in sample:
+        task = sample["txt"].decode("utf-8", "replace")
+    return str(task or "")
+
+
+@dataclass(frozen=True)
+class ValidationSet:
+    """The samples a validation reads and what they were drawn from.
+
+    ``entries``: (shard path, sample key) in shard order; ``tasks``: each entry's task (the
+    sample's ``task``, else its instruction); ``split_tasks``: (task, samples in the split) for the
+    whole split; ``limit`` the cap asked for (None: the whole split) and ``seed`` the sample's seed.
+    """
+
+    entries: tuple[tuple[str, str], ...]
+    tasks: tuple[str, ...]
+    split_size: int
+    split_tasks: tuple[tuple[str, int], ...]
+    limit: int | None
+    seed: int
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    @property
+    def shards(self) -> list[str]:
+        """The shards holding at least one entry, in order."""
+        return list(dict.fromkeys(u for u, _ in self.entries))
+
+    def count(self, rank: int = 0, world_size: int = 1) -> int:
+        """Samples rank ``rank`` of ``world_size`` reads (any number of loader workers)."""
+        start, stop = share_bounds(len(self.entries), rank, world_size)
+        return stop - start
+
+    def summary(self) -> dict:
+        """JSON-ready: samples read, split size, cap, seed, and per task (read, in split)."""
+        read = Counter(self.tasks)
+        return {
+            "samples": len(self.entries),
+            "split_samples": self.split_size,
+            "limit": self.limit,
+            "seed": self.seed,
+            "tasks": {task: [int(read.get(task, 0)), int(total)] for task, total in self.split_tasks},
+        }
+
+
+def validation_set(shards: str | list[str], limit: int | None = None, seed: int = 0) -> ValidationSet:
+    """The validation set of a val split: every sample (``limit`` None), or ``stratified_sample``
+    of ``limit`` samples stratified by task and seeded by ``seed``; never a prefix of shard order.
+
+    ``shards``: a shard directory (its val split), a list of tars or a pattern. Reads the ``json``
+    and ``txt`` members only. Raises FileNotFoundError for missing shards, ShardReadError naming a
+    shard it cannot read, ValueError for ``limit`` < 1.
+    """
+    if limit is not None and int(limit) < 1:
+        raise ValueError(f"val_samples must be None (the whole split) or >= 1, got {limit}")
+    urls = expand_shards(shards, train=False)
+    entries, tasks = [], []
+    for sample in iter_samples(urls, exts=("json", "txt")):
+        entries.append((str(sample["__url__"]), str(sample["__key__"])))
+        tasks.append(_sample_task(sample))
+    if not entries:
+        raise ShardReadError(f"no samples in the validation shards {urls[0]}...")
+    keep = stratified_sample(tasks, None if limit is None else int(limit), seed)
+    return ValidationSet(
+        entries=tuple(entries[i] for i in keep),
+        tasks=tuple(tasks[i] for i in keep),
+        split_size=len(entries),
+        split_tasks=tuple(sorted(Counter(tasks).items())),
+        limit=None if limit is None else int(limit),
+        seed=int(seed),
+    )

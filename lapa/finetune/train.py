@@ -25,10 +25,12 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from lapa.config.training import not_in_identity
 from lapa.data.action_codec import ActionStats
+from lapa.foundation.train import make_validation_set
 from lapa.utils import checkpoint as ckpt
 from lapa.utils.run import (
     RequeueSignal,
@@ -142,6 +144,7 @@ class Run:
     counts: dict  # parameters, trainable
     train_shards: list[str]
     val_shards: list[str]
+    val_set: Any  # lapa.data.pipeline.ValidationSet, None without validation
     loader_cfg: Any
     seed: int
     batches_per_epoch: int
@@ -186,7 +189,8 @@ def setup(
         )
     train_shards = list_shards(shards_dir, "train")
     try:
-        val_shards = list_shards(shards_dir, "val")
+        val_on = tcfg.val_samples != 0 and int(tcfg.val_every_steps) > 0
+        val_shards = list_shards(shards_dir, "val") if val_on else []
     except FileNotFoundError:
         log.warning("%s has no val split: finetuning without validation", shards_dir)
         val_shards = []
@@ -198,6 +202,7 @@ def setup(
     fabric.barrier()
 
     seed = int(tcfg.seed if tcfg.seed is not None else cfg.seed)
+    val_set = make_validation_set(fabric, val_shards, tcfg.val_samples, seed, KEY, shards_dir)
     fabric.seed_everything(seed)  # the same new head on every rank (the data stream has its own seeds)
     sharded = plan.strategy == "fsdp2"  # then no rank builds the whole Llama (lapa.vla.meta)
     model, tokenizer, fcfg, source = build_model(
@@ -228,6 +233,7 @@ def setup(
         counts=counts,
         train_shards=train_shards,
         val_shards=val_shards,
+        val_set=val_set,
         loader_cfg=_loader_config(cfg, tcfg.batch_size),
         seed=seed,
         batches_per_epoch=max(1, every),
@@ -324,58 +330,69 @@ def _bins(run: Run, actions: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def validate(run: Run) -> dict[str, float]:
-    """Loss, normalised-action MSE and bin accuracy over at most ``val_batches`` batches per rank.
+    """Loss, normalised-action MSE and bin accuracy over the validation set, beside chance.
 
-    Ranks step in lockstep (a sharded forward is collective), stop when any runs out, and sum
-    their counts before the figures are computed.
+    The set (``run.val_set``) is the whole val split or its seeded sample stratified by task
+    (``finetune.training.val_samples``), the same for every arm of a seed. Each rank reads its own
+    contiguous part; ranks step in lockstep (a sharded forward is collective) and sum their counts
+    before the figures are computed. ``val/bin_accuracy_chance`` is the majority-bin rate of the
+    validated actions (``ActionMetrics``), ``val/samples`` the number of frames validated.
     """
     from lapa.data.pipeline import make_loader
     from lapa.evaluation.metrics import ActionMetrics
+    from lapa.foundation.train import lockstep
     from lapa.vla.heads import binned_cross_entropy
 
     fabric = run.fabric
     metrics = ActionMetrics(run.stats)
     loss_sum = 0.0
     loader = make_loader(
-        run.val_shards,
+        run.val_set.shards,
         task="low_level",
         cfg=run.loader_cfg,
         train=False,
         rank=fabric.global_rank,
         world_size=fabric.world_size,
+        entries=run.val_set,
     )
     run.model.eval()
-    iterator = iter(loader)
-    for _ in range(int(run.cfg.finetune.training.val_batches)):
-        batch = next(iterator, None)
-        have = torch.tensor([0.0 if batch is None else 1.0], device=fabric.device)
-        if fabric.world_size > 1:
-            have = fabric.all_reduce(have, reduce_op="min")
-        if float(have) < 1:
-            break
+    for batch, counted in lockstep(fabric, loader):
         logits = _forward(run, batch)
-        loss_sum += float(binned_cross_entropy(logits, _bins(run, batch["action"]))) * len(batch["text"])
-        metrics.update(logits.argmax(-1).cpu().numpy(), batch["action"].float().cpu().numpy())
+        if counted:
+            loss = binned_cross_entropy(logits, _bins(run, batch["action"]))
+            loss_sum += float(loss) * len(batch["text"])
+            metrics.update(logits.argmax(-1).cpu().numpy(), batch["action"].float().cpu().numpy())
     run.model.train()
-    totals = torch.tensor(
-        [*metrics.sq_err, *metrics.correct, metrics.count, loss_sum],
-        dtype=torch.float64,
-        device=fabric.device,
-    )
-    if fabric.world_size > 1:
-        totals = fabric.all_reduce(totals, reduce_op="sum")
-    totals = totals.cpu().numpy()
-    dim = run.stats.action_dim
-    count = totals[2 * dim]
-    if count == 0:
+    dim, bins = run.stats.action_dim, run.stats.num_bins
+    if fabric.world_size > 1:  # sum every rank's counts, then compute as one
+        flat = np.concatenate(
+            [metrics.sq_err, metrics.correct, metrics.true_bins.ravel(), [metrics.count, loss_sum]]
+        )
+        flat = fabric.all_reduce(
+            torch.as_tensor(flat, dtype=torch.float64, device=fabric.device), reduce_op="sum"
+        )
+        flat = flat.cpu().numpy()
+        metrics.sq_err = flat[:dim]
+        metrics.correct = np.rint(flat[dim : 2 * dim]).astype(np.int64)
+        metrics.true_bins = np.rint(flat[2 * dim : 2 * dim + dim * bins]).astype(np.int64).reshape(dim, bins)
+        metrics.count, loss_sum = int(round(flat[-2])), float(flat[-1])
+    if metrics.count == 0:
         return {}
-    mse = totals[:dim] / count
+    figures = metrics.compute()
     out = {
-        "val/loss": float(totals[2 * dim + 1] / count),
-        "val/action_mse": float(mse.mean()),
-        "val/bin_accuracy": float((totals[dim : 2 * dim] / count).mean()),
+        "val/loss": loss_sum / metrics.count,
+        "val/action_mse": figures["mse"],
+        "val/bin_accuracy": figures["bin_accuracy"],
+        "val/bin_accuracy_chance": figures["bin_accuracy_chance"],  # the majority-bin rate
+        "val/samples": float(figures["num_samples"]),
     }
-    out.update({f"val/action_mse_dim{d}": float(v) for d, v in enumerate(mse)})
+    out.update({f"val/action_mse_dim{d}": float(v) for d, v in enumerate(figures["mse_per_dim"])})
+    out.update(
+        {
+            f"val/bin_accuracy_chance_dim{d}": float(v)
+            for d, v in enumerate(figures["bin_accuracy_chance_per_dim"])
+        }
+    )
     return out
 
 
@@ -397,7 +414,7 @@ def fit(run: Run) -> dict:
     if tcfg.stop_after_steps is not None:
         stop_at = min(max_steps, run.progress["step"] + int(tcfg.stop_after_steps))
     val_every = int(tcfg.val_every_steps)
-    val_on = bool(run.val_shards) and val_every > 0 and int(tcfg.val_batches) > 0
+    val_on = run.val_set is not None and val_every > 0
     ckpt_every = int(tcfg.checkpoint_every_steps)
     clip = float(tcfg.gradient_clip or 0.0)
     multi = fabric.world_size > 1

@@ -70,6 +70,7 @@ class Run:
     spec: LabelSpec
     train_shards: list[str]
     val_shards: list[str]
+    val_set: Any  # lapa.data.pipeline.ValidationSet, None without validation
     loader_cfg: Any
     accumulation: int
     micro_per_epoch: int
@@ -136,7 +137,8 @@ def setup(fabric: Any, plan: RunPlan, cfg: Any, backbones_dir, shards_dir, out_d
     spec = label_spec(shards_dir, fcfg.head)
     train_shards = list_shards(shards_dir, "train")
     try:
-        val_shards = list_shards(shards_dir, "val") if int(tcfg.val_batches) > 0 else []
+        val_on = tcfg.val_samples != 0 and int(tcfg.val_every_steps) > 0
+        val_shards = list_shards(shards_dir, "val") if val_on else []
     except FileNotFoundError:
         val_shards = []
         log.warning("no validation shards in %s/val: validation is off", shards_dir)
@@ -151,6 +153,7 @@ def setup(fabric: Any, plan: RunPlan, cfg: Any, backbones_dir, shards_dir, out_d
         raise ValueError(problem)
     accumulation = accumulation_steps(tcfg, fabric.world_size)
     seed = int(tcfg.seed if tcfg.seed is not None else cfg.seed)
+    val_set = make_validation_set(fabric, val_shards, tcfg.val_samples, seed, KEY, shards_dir)
     run_dir = open_run(fabric, cfg, backbones_dir, shards_dir, workdir)
 
     # Under FSDP2 the Llama is built on the meta device and each rank later reads only its own
@@ -194,6 +197,7 @@ def setup(fabric: Any, plan: RunPlan, cfg: Any, backbones_dir, shards_dir, out_d
         spec=spec,
         train_shards=train_shards,
         val_shards=val_shards,
+        val_set=val_set,
         loader_cfg=loader_cfg,
         accumulation=accumulation,
         micro_per_epoch=max(1, every) * accumulation,
@@ -302,38 +306,92 @@ def _loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 # -- loop -------------------------------------------------------------------------------------
 
 
+def make_validation_set(fabric: Any, val_shards: list[str], limit, seed: int, key: str, where) -> Any:
+    """The run's validation set (``lapa.data.pipeline.validation_set``), read by rank 0 and broadcast:
+    the whole val split (``limit`` None) or a sample of ``limit`` stratified by task, seeded by
+    ``seed``, so every validation of the run, and every run with that seed, reads the same samples.
+    None when ``val_shards`` is empty. Raises (on every rank) when the set cannot give each rank a sample.
+    """
+    from lapa.data.pipeline import validation_set
+
+    if not val_shards:
+        return None
+    if limit is not None and int(limit) < 0:
+        raise ValueError(f"{key}.val_samples must be null (the whole val split), 0 (off) or positive")
+    found, problem = None, None
+    if fabric.global_rank == 0:
+        try:
+            found = validation_set(val_shards, limit, seed)
+            if len(found) < fabric.world_size:
+                problem = f"{where}/val holds {len(found)} samples for {fabric.world_size} processes"
+        except (OSError, ValueError) as exc:
+            problem = f"{where}/val: {exc}"
+    found, problem = fabric.broadcast((found, problem))
+    if problem:
+        raise ValueError(problem)
+    if fabric.global_rank == 0:
+        kind = "whole split" if found.limit is None else f"sample stratified by task, seed {seed}"
+        log.info("validation on %d of %d val samples (%s)", len(found), found.split_size, kind)
+    return found
+
+
+def lockstep(fabric: Any, batches):
+    """(batch, counted) from this rank's ``batches`` until every rank has run out.
+
+    A sharded (or DDP) forward is collective, so a rank that has run out while others have not
+    repeats its last batch with ``counted`` False (its results are discarded). Each rank must
+    have at least one batch.
+    """
+    spare = None
+    iterator = iter(batches)
+    while True:
+        batch = next(iterator, None)
+        have = torch.tensor([0.0 if batch is None else 1.0], device=fabric.device)
+        if fabric.world_size > 1:
+            have = fabric.all_reduce(have, reduce_op="max")
+        if float(have) < 1:
+            return
+        if batch is None:
+            if spare is None:
+                raise RuntimeError(f"rank {fabric.global_rank} has no validation batch while others have")
+            yield spare, False
+        else:
+            spare = batch
+            yield batch, True
+
+
 @torch.no_grad()
 def validate(run: Run) -> dict[str, float]:
-    """Top-1/top-3 latent accuracy and loss over at most ``val_batches`` batches per rank.
+    """Loss and top-1/top-3 latent accuracy over the validation set, beside chance.
 
-    Ranks step in lockstep (a sharded forward is collective) and stop when any runs out.
+    The set (``run.val_set``) is the whole val split or its seeded sample stratified by task
+    (``foundation.training.val_samples``); each rank reads its own contiguous part, ranks step in
+    lockstep (``lockstep``) and sum their counts before the figures are computed. Chance:
+    ``top{k}_uniform`` (k / vocab) and ``top{k}_majority`` (always the k commonest codes of each
+    position of the validated targets); ``samples`` is the number of samples validated.
     """
     from lapa.data.pipeline import make_loader
 
-    fabric, tcfg = run.fabric, run.cfg.foundation.training
+    fabric = run.fabric
     acc = LatentAccuracy(run.spec.num_tokens, run.spec.vocab_size)
     loader = make_loader(
-        run.val_shards,
+        run.val_set.shards,
         "foundation",
         run.loader_cfg,
         train=False,
         rank=fabric.global_rank,
         world_size=fabric.world_size,
+        entries=run.val_set,
     )
     run.model.eval()
-    iterator = iter(loader)
-    for _ in range(int(tcfg.val_batches)):
-        batch = next(iterator, None)
-        have = torch.tensor([0.0 if batch is None else 1.0], device=fabric.device)
-        if fabric.world_size > 1:
-            have = fabric.all_reduce(have, reduce_op="min")
-        if float(have) < 1:
-            break
-        check_batch(batch, run.spec, run.val_shards)
+    for batch, counted in lockstep(fabric, loader):
+        if counted:
+            check_batch(batch, run.spec, run.val_shards)
         inputs, targets = _inputs(run, batch)
         logits = run.model(inputs["images"], inputs["input_ids"], inputs["attention_mask"])
-        loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), reduction="none")
-        acc.update(logits, targets, float(loss.view(targets.shape).mean(1).sum()))
+        if counted:
+            loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), reduction="none")
+            acc.update(logits, targets, float(loss.view(targets.shape).mean(1).sum()))
     run.model.train()
     counts = acc.counts.to(fabric.device)
     if fabric.world_size > 1:
@@ -354,7 +412,7 @@ def fit(run: Run) -> dict:
     if tcfg.stop_after_steps is not None:
         stop_at = min(max_steps, run.progress["step"] + int(tcfg.stop_after_steps))
     val_every = int(tcfg.val_every_steps)
-    val_on = bool(run.val_shards) and val_every > 0
+    val_on = run.val_set is not None and val_every > 0
     ckpt_every = int(tcfg.checkpoint_every_steps)
     clip = float(tcfg.gradient_clip or 0.0)
     multi = fabric.world_size > 1
@@ -410,7 +468,14 @@ def fit(run: Run) -> dict:
                 metrics.update(val)
                 if fabric.global_rank == 0:
                     log.info(
-                        "step %d val top1 %.3f top3 %.3f", step, val["val/top1_acc"], val["val/top3_acc"]
+                        "step %d val top1 %.3f (majority %.3f, uniform %.3f) top3 %.3f (majority %.3f) on %d",
+                        step,
+                        val["val/top1_acc"],
+                        val["val/top1_majority"],
+                        val["val/top1_uniform"],
+                        val["val/top3_acc"],
+                        val["val/top3_majority"],
+                        val["val/samples"],
                     )
             stopping = requeue.requested(fabric)
             if (ckpt_every > 0 and step % ckpt_every == 0) or step == stop_at or stopping:

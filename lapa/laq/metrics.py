@@ -547,3 +547,66 @@ def diagnostics_logs(diag: dict, prefix: str = "val/") -> dict[str, float]:
         if v is not None:
             logs[f"{prefix}code_action_ami/dim{d}"] = float(v)
     return logs
+
+
+def gather_rows(rows: dict, order_by: str = "key") -> dict[str, np.ndarray]:
+    """Per-sample columns held by each rank, gathered onto every rank in one canonical order.
+
+    ``rows`` maps names to equal-length columns (arrays [N, ...] or lists, e.g. strings such as
+    sample keys and episode ids); each rank may hold a different N. Under an initialised process
+    group of several ranks the columns are exchanged with ``all_gather_object``; then every column
+    is concatenated and all are sorted by ``order_by`` (unique sample keys), so the result is the
+    same whether the rows were read by one process or split over any number of ranks.
+    """
+    import torch.distributed as dist
+
+    lengths = {k: len(v) for k, v in rows.items()}
+    if len(set(lengths.values())) > 1:
+        raise ValueError(f"columns differ in length: {lengths}")
+    if order_by not in rows:
+        raise ValueError(f"no column {order_by!r} to order the rows by")
+    parts = [rows]
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        parts = [None] * dist.get_world_size()
+        dist.all_gather_object(parts, rows)
+    merged = {}
+    for name in rows:
+        columns = [np.asarray(p[name]) for p in parts]
+        nonempty = [c for c in columns if len(c)]
+        merged[name] = np.concatenate(nonempty) if nonempty else columns[0]
+    order = np.argsort(merged[order_by], kind="stable")
+    return {name: column[order] for name, column in merged.items()}
+
+
+def validation_code_logs(rows: dict, vocab_size: int, bins: int, prefix: str = "val/") -> dict[str, float]:
+    """The code statistics of a validation over all its samples, as flat scalar logs.
+
+    ``rows`` (``gather_rows`` output): ``codes`` int [N, tokens] and optionally ``actions`` float
+    [N, A] (NaN rows ignored), ``frames`` [N, F] (``frame_features``) and ``groups`` [N] (episode
+    ids). Returns ``{prefix}samples``, per-position perplexity, mean utilisation (the fraction of
+    codes used at least once, over the whole set), distinct tuples, and ``diagnostics_logs`` of the
+    code-action AMI and shortcut probe (with its majority-bin chance) when actions are given.
+    """
+    codes = np.asarray(rows["codes"], dtype=np.int64)
+    if len(codes) == 0:
+        return {}
+    summary = code_summary(codes, vocab_size)
+    logs = {f"{prefix}perplexity/pos{t}": float(p) for t, p in enumerate(summary["perplexity"])}
+    logs[f"{prefix}perplexity_max"] = float(vocab_size)  # a uniform code distribution
+    logs[f"{prefix}utilisation"] = float(summary["utilisation_mean"])
+    logs[f"{prefix}distinct_tuples"] = float(summary["distinct_tuples"])
+    logs[f"{prefix}samples"] = float(len(codes))
+    actions = rows.get("actions")
+    if actions is not None and len(actions) == len(codes):
+        groups = rows.get("groups")
+        frames = rows.get("frames")
+        diag = code_action_diagnostics(
+            codes,
+            np.asarray(actions, dtype=np.float64),
+            vocab_size,
+            bins,
+            frame_feats=None if frames is None else np.asarray(frames),
+            groups=None if groups is None or len(groups) != len(codes) else list(groups),
+        )
+        logs.update(diagnostics_logs(diag, prefix))
+    return logs

@@ -27,10 +27,7 @@ class LAQTask(L.LightningModule):
         self.training_cfg = training
         self.grid_dir = Path(grid_dir) if grid_dir else None
         self.last_grid: Path | None = None
-        self._val_codes: list[np.ndarray] = []
-        self._val_actions: list[np.ndarray] = []
-        self._val_frames: list[np.ndarray] = []  # frame t pooled small: the shortcut probe's input
-        self._val_groups: list[str] = []  # episode ids: the probe's folds hold whole episodes
+        self._val_rows: dict[str, list] = self._empty_rows()
         self.last_val_metrics: dict = {}
 
     # -- steps -----------------------------------------------------------------------------------
@@ -70,8 +67,14 @@ class LAQTask(L.LightningModule):
         self.log("loss", total, batch_size=bs, prog_bar=True, logger=False)
         return total
 
+    @staticmethod
+    def _empty_rows() -> dict[str, list]:
+        # codes; true actions; frame t pooled small (the shortcut probe's input); episode ids (the
+        # probe's folds hold whole episodes); sample keys (the rows' order once gathered over ranks)
+        return {"codes": [], "actions": [], "frames": [], "groups": [], "key": []}
+
     def on_validation_epoch_start(self) -> None:
-        self._val_codes, self._val_actions, self._val_frames, self._val_groups = [], [], [], []
+        self._val_rows = self._empty_rows()
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         frame_t, frame_t1, out, recon_loss, total = self._shared_step(batch)
@@ -90,36 +93,31 @@ class LAQTask(L.LightningModule):
             batch_size=bs,
             sync_dist=True,
         )
-        self._val_codes.append(out.indices.cpu().numpy())
-        if "action" in batch:
-            self._val_actions.append(torch.as_tensor(batch["action"]).float().cpu().numpy())
-            self._val_frames.append(M.frame_features(batch["frame_t"]))
-            self._val_groups.extend(str(g) for g in batch.get("video_id", []))
+        rows = self._val_rows
+        rows["codes"].extend(out.indices.cpu().numpy())
+        rows["frames"].extend(M.frame_features(batch["frame_t"]))
+        rows["key"].extend(str(k) for k in batch["key"])
+        rows["groups"].extend(str(g) for g in batch.get("video_id", [""] * bs))
+        action = batch.get("action")
+        if action is not None and torch.as_tensor(action).numel():
+            rows["actions"].extend(torch.as_tensor(action).float().cpu().numpy())
+        else:  # no actions recorded: NaN rows, which the code-action statistics leave out
+            rows["actions"].extend(np.full((bs, 1), np.nan, np.float32))
         if batch_idx == 0:
             self._save_grid(batch["frame_t"], batch["frame_t1"], out.reconstruction)
 
     def on_validation_epoch_end(self) -> None:
-        if not self._val_codes:
+        """Code statistics over every validated sample: the rows of all ranks are gathered first."""
+        if self.trainer.sanity_checking:
             return
-        codes = np.concatenate(self._val_codes)
-        summary = M.code_summary(codes, self.model.vocab_size)
-        logs = {f"val/perplexity/pos{t}": p for t, p in enumerate(summary["perplexity"])}
-        logs["val/utilisation"] = summary["utilisation_mean"]
-        logs["val/distinct_tuples"] = float(summary["distinct_tuples"])
-        if self._val_actions and len(self._val_actions) == len(self._val_codes):
-            actions = np.concatenate(self._val_actions)
-            groups = self._val_groups if len(self._val_groups) == len(actions) else None
-            diag = M.code_action_diagnostics(
-                codes,
-                actions,
-                self.model.vocab_size,
-                self.training_cfg["action_bins"],
-                frame_feats=np.concatenate(self._val_frames),
-                groups=groups,
-            )
-            logs.update(M.diagnostics_logs(diag, "val/"))
-        self.log_dict({k: float(v) for k, v in logs.items()}, sync_dist=False)
-        self.last_val_metrics = {k: float(v) for k, v in logs.items()}  # completed in on_validation_end
+        local = {k: np.asarray(v) for k, v in self._val_rows.items()}
+        rows = M.gather_rows(local)  # collective: every rank calls it, with or without rows
+        self._val_rows = self._empty_rows()
+        if not len(rows["codes"]):
+            return
+        logs = M.validation_code_logs(rows, self.model.vocab_size, self.training_cfg["action_bins"])
+        self.log_dict(logs, sync_dist=False)  # identical on every rank: computed from the gathered rows
+        self.last_val_metrics = dict(logs)  # completed in on_validation_end
 
     def on_validation_end(self) -> None:
         # epoch aggregates of the per-batch logs exist only once the validation loop has ended

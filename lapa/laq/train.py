@@ -170,7 +170,7 @@ def train_laq(cfg, shards: str | Path, out: str | Path, workdir: str | Path | No
     from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
     from lightning.pytorch.plugins.environments import SLURMEnvironment
 
-    from lapa.data.pipeline import list_shards, make_loader, read_info
+    from lapa.data.pipeline import list_shards, make_loader, read_info, validation_set
     from lapa.laq.model import architecture_from_config
     from lapa.laq.task import LAQTask
 
@@ -185,8 +185,11 @@ def train_laq(cfg, shards: str | Path, out: str | Path, workdir: str | Path | No
     if info.get("kind") not in (None, "pairs"):
         raise ValueError(f"{shards}/info.json: kind {info.get('kind')!r}; train-laq needs frame-pair shards")
     train_shards = list_shards(shards, "train")
+    val_samples = tcfg.val_samples
+    if val_samples is not None and int(val_samples) < 0:
+        raise ValueError(f"{KEY}.val_samples must be null (the whole val split), 0 (off) or positive")
     try:
-        val_shards = list_shards(shards, "val")
+        val_shards = list_shards(shards, "val") if val_samples != 0 and int(tcfg.val_every_steps) > 0 else []
     except FileNotFoundError:
         val_shards = []
         log.warning("%s has no val shards: no validation metrics, export=last", shards)
@@ -219,12 +222,25 @@ def train_laq(cfg, shards: str | Path, out: str | Path, workdir: str | Path | No
         )
     )
     val_cfg = OmegaConf.merge(loader_cfg, {"augment": False})
-    val_loader = (
-        make_loader(val_shards, "laq", val_cfg, False, num_workers=min(workers, 1)) if val_shards else None
-    )
     val_every = int(tcfg.val_every_steps)
-    if val_every <= 0:
-        val_loader = None
+    val_loader, val_set = None, None
+    if val_shards:
+        # the same samples at every validation, split over the ranks when the trainer starts them
+        val_set = validation_set(val_shards, val_samples, seed)
+        world = int(tcfg.devices) * int(tcfg.num_nodes)
+        if len(val_set) < world:
+            raise ValueError(
+                f"{shards}/val holds {len(val_set)} samples for {world} processes: every rank needs one"
+            )
+        log.info(
+            "validation on %d of %d val pairs (%s)",
+            len(val_set),
+            val_set.split_size,
+            "whole split" if val_set.limit is None else f"sample stratified by task, seed {seed}",
+        )
+        val_loader = make_loader(
+            val_set.shards, "laq", val_cfg, False, num_workers=min(workers, 1), entries=val_set
+        )
 
     arch = architecture_from_config(cfg.laq)
     training = {**OmegaConf.to_container(tcfg, resolve=True), "log_every_steps": cfg.logging.log_every_steps}
@@ -274,7 +290,7 @@ def train_laq(cfg, shards: str | Path, out: str | Path, workdir: str | Path | No
         max_epochs=-1,
         val_check_interval=val_every if val_loader is not None else None,
         check_val_every_n_epoch=None,
-        limit_val_batches=tcfg.val_batches if val_loader is not None else 0,
+        limit_val_batches=1.0 if val_loader is not None else 0,  # all of the validation set
         num_sanity_val_steps=0,
         gradient_clip_val=float(tcfg.gradient_clip) if tcfg.gradient_clip else None,
         gradient_clip_algorithm="norm",
@@ -309,6 +325,7 @@ def train_laq(cfg, shards: str | Path, out: str | Path, workdir: str | Path | No
         "global_step": step,
         "exported": tcfg.export if source == best else "last",
         "val": task.last_val_metrics,
+        "val_set": val_set.summary() if val_set is not None else None,
         "train": {
             k: float(v)
             for k, v in trainer.callback_metrics.items()
