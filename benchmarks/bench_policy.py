@@ -7,7 +7,11 @@ reference backend) and the bare network of each backend on preprocessed tensors 
 preprocessing and dequantisation add). The measurements take turns call by call, so load from
 other processes falls on all of them alike. The goal line compares ONNX ``predict`` p50 with 3 ms.
 
-    .venv/bin/python benchmarks/bench_policy.py [--iters 300] [--threads 2]
+One intra-op thread by default: at batch 1 on a 2-core machine shared with other processes,
+two threads make PyTorch eager many times slower (its parallel regions wait for a descheduled
+thread) and ONNX Runtime several times slower; pass --threads 2 to see it.
+
+    .venv/bin/python benchmarks/bench_policy.py [--iters 300] [--threads 1]
 """
 
 from __future__ import annotations
@@ -56,7 +60,9 @@ def main() -> None:
     )
     parser.add_argument("--iters", type=int, default=300)
     parser.add_argument("--batch-iters", type=int, default=20)
-    parser.add_argument("--threads", type=int, default=2, help="torch and ONNX Runtime intra-op threads")
+    parser.add_argument(
+        "--threads", type=int, default=1, help="torch and ONNX Runtime intra-op threads (default 1)"
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     sys.path.insert(0, str(ROOT))
@@ -116,7 +122,8 @@ def main() -> None:
             t, o = p50[f"torch predict({size})"], p50[f"onnx predict({size})"]
             goal = "met" if o <= 3.0 else "NOT met"
             print(
-                f"predict({size}) p50: onnx {o:.2f} ms vs torch {t:.2f} ms (x{t / o:.1f}); goal <= 3 ms {goal}"
+                f"predict({size}) p50: onnx {o:.2f} ms vs torch {t:.2f} ms (x{t / o:.1f}); "
+                f"goal <= 3 ms {goal}"
             )
 
 

@@ -7,10 +7,14 @@ checks every answer is a 200 with an action. Each server mode is measured in the
 - ``unbatched``: ``serve.max_batch_size=1``, one request per forward pass (the baseline);
 - ``batched``: the configured batching (``serve.max_batch_size``, ``serve.max_wait_ms``).
 
-``--modes asis`` measures the server with no serving override (for a checkout that predates the
-batching settings). Request counts are bounded (``--requests`` per client count).
+Both servers run at once and take turns (``--rounds``) at each client count, so load from other
+processes on a shared machine falls on both alike.
 
-    .venv/bin/python benchmarks/bench_serve.py [--clients 1 4 16] [--requests 60 160 320]
+``--before CHECKOUT`` adds the server of another checkout (a git worktree of the commit before
+batching) as mode ``before``, with no serving override, measured in the same run. Request
+counts are bounded (``--requests`` per client count).
+
+    .venv/bin/python benchmarks/bench_serve.py [--clients 1 4 16] [--requests 60 160 320] [--rounds 2]
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-MODES = {"unbatched": ["serve.max_batch_size=1"], "batched": [], "asis": []}
+MODES = {"unbatched": ["serve.max_batch_size=1"], "batched": []}
 
 
 def camera_frames(count: int, seed: int = 0) -> list[bytes]:
@@ -137,8 +141,14 @@ def load(url: str, frames: list[bytes], texts: list[str], clients: int, total: i
     if failures:
         raise RuntimeError(f"{len(failures)} failed requests, e.g. {failures[0]}")
     ms = np.asarray(latencies)
+    return {"ms": ms, "wall": wall}
+
+
+def _pool(runs: list[dict]) -> dict:
+    """Requests/s over all rounds (requests over summed wall time) and latency percentiles of all requests."""
+    ms = np.concatenate([r["ms"] for r in runs])
     return {
-        "rps": len(ms) / wall,
+        "rps": len(ms) / sum(r["wall"] for r in runs),
         "p50": float(np.percentile(ms, 50)),
         "p99": float(np.percentile(ms, 99)),
         "n": len(ms),
@@ -152,9 +162,15 @@ def main() -> None:
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16])
     parser.add_argument("--requests", type=int, nargs="+", default=[60, 160, 320], help="per client count")
     parser.add_argument("--modes", nargs="+", default=["unbatched", "batched"], choices=list(MODES))
-    parser.add_argument("--threads", type=int, default=2, help="torch threads of the server")
+    parser.add_argument("--rounds", type=int, default=2, help="turns each mode takes per client count")
+    parser.add_argument("--threads", type=int, default=1, help="the server's network threads (serve.threads)")
     parser.add_argument("--source", default=str(ROOT), help="checkout whose lapa serves (default: this one)")
     parser.add_argument("--extra", nargs="*", default=[], help="more overrides for every server mode")
+    parser.add_argument(
+        "--before",
+        default=None,
+        help="another checkout (e.g. a git worktree of an earlier commit) served as mode 'before', as it is",
+    )
     args = parser.parse_args()
     if len(args.requests) != len(args.clients):
         parser.error("--requests needs one count per --clients entry")
@@ -168,29 +184,50 @@ def main() -> None:
         f"(mean {np.mean([len(f) for f in frames]) / 1e3:.0f} kB), multipart, loopback, "
         f"{os.cpu_count()} CPUs, server torch threads {args.threads}"
     )
-    results: dict[str, dict[int, dict]] = {}
+    modes = [*args.modes, *(["before"] if args.before else [])]
+    results: dict[str, dict[int, dict]] = {mode: {} for mode in modes}
     with tempfile.TemporaryDirectory() as tmp:
         cfg = tiny_config()
         policy = make_untrained_policy(cfg, make_tiny_inputs(Path(tmp), cfg), Path(tmp) / "policy")
-        for mode in args.modes:
-            server = Server(policy, MODES[mode] + args.extra, args.threads, Path(args.source))
-            try:
+        # every server up at once (an idle one costs nothing); the modes take turns on each client
+        # count, round after round, so load from other processes falls on them alike
+        servers = {
+            mode: Server(
+                policy,
+                [f"serve.threads={args.threads}", *MODES[mode], *args.extra],
+                args.threads,
+                Path(args.source),
+            )
+            for mode in args.modes
+        }
+        if args.before:
+            # no serving override (an earlier checkout may not know them); OMP_NUM_THREADS sets its threads
+            servers["before"] = Server(policy, [], args.threads, Path(args.before))
+        try:
+            for server in servers.values():
                 server.wait()
-                results[mode] = {}
-                for clients, total in zip(args.clients, args.requests):
-                    r = load(server.url, frames, texts, clients, total)
+            for clients, total in zip(args.clients, args.requests):
+                runs: dict[str, list[dict]] = {mode: [] for mode in modes}
+                for _ in range(args.rounds):
+                    for mode, server in servers.items():
+                        runs[mode].append(load(server.url, frames, texts, clients, total // args.rounds))
+                for mode in modes:
+                    r = _pool(runs[mode])
                     results[mode][clients] = r
                     print(
                         f"{mode:<10} {clients:>3} clients  {r['rps']:7.1f} requests/s  "
                         f"p50 {r['p50']:7.1f} ms  p99 {r['p99']:7.1f} ms  ({r['n']} requests)",
                         flush=True,
                     )
-            finally:
+        finally:
+            for server in servers.values():
                 server.stop()
-    if "unbatched" in results and "batched" in results:
-        print("batched against unbatched (same run):")
+    for base in ("unbatched", "before"):
+        if base not in results or "batched" not in results:
+            continue
+        print(f"batched against {base} (same run):")
         for clients in args.clients:
-            b, u = results["batched"][clients], results["unbatched"][clients]
+            b, u = results["batched"][clients], results[base][clients]
             print(
                 f"  {clients:>3} clients: throughput x{b['rps'] / u['rps']:.2f}, "
                 f"p50 {b['p50'] - u['p50']:+.2f} ms"

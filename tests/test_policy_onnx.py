@@ -181,3 +181,5 @@ def test_lapa_serve_backend_onnx(setup, both):
         [*cmd[:-4], "--backend", "tensorrt"], cwd=root, env=env, capture_output=True, text=True
     )
     assert bad.returncode == 2 and "invalid choice: 'tensorrt'" in bad.stderr
+    bad = subprocess.run([*cmd, "serve.threads=0"], cwd=root, env=env, capture_output=True, text=True)
+    assert bad.returncode != 0 and "serve.threads must be >= 1, got 0" in bad.stderr

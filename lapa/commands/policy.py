@@ -16,7 +16,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="serve a policy over HTTP (POST /act, GET /health)",
         description="Load a policy directory and answer POST /act (an image as multipart JPEG/PNG or base64 "
         "JSON, and an instruction) with the continuous action as JSON; concurrent requests are batched. "
-        "Settings: serve.* (limits, backend, max_batch_size, max_wait_ms, max_queue). "
+        "Settings: serve.* (limits, backend, threads, max_batch_size, max_wait_ms, max_queue). "
         "Reads: policy directory. Writes: nothing (with --backend onnx and no DIR/model.onnx, the ONNX "
         "export cache beside the policy directory on first use).",
     )
@@ -73,7 +73,14 @@ def run_serve(args: argparse.Namespace) -> int:
         port=args.port or limits.port,
         backend=args.backend or limits.backend,
     )
-    policy = LAPAPolicy.from_pretrained(args.policy, device=_device(args.device), backend=limits.backend)
+    if limits.threads < 1:
+        raise ValueError(f"serve.threads must be >= 1, got {limits.threads}")
+    import torch
+
+    torch.set_num_threads(limits.threads)
+    policy = LAPAPolicy.from_pretrained(
+        args.policy, device=_device(args.device), backend=limits.backend, threads=limits.threads
+    )
     serve(policy, limits, name=str(args.policy))
     return 0
 

@@ -19,6 +19,7 @@ class ServeConfig:
     max_image_pixels: int = 4096 * 4096  # width x height of the decoded image
     max_instruction_chars: int = 1000
     backend: str = "torch"  # torch | onnx (LAPAPolicy.from_pretrained(..., backend=...))
+    threads: int = 1  # intra-op threads of the network; 1 leaves the other cores to decoding requests
     max_batch_size: int = 16  # concurrent requests answered by one forward pass; 1: no batching
     max_wait_ms: float = 2.0  # how long a batch waits for more requests once the model is free
     max_queue: int = 256  # requests waiting for the model; beyond it: 503
