@@ -51,6 +51,21 @@ def camera_frames(count: int, seed: int = 0) -> list[bytes]:
     return out
 
 
+def make_policy(source: Path, root: Path) -> Path:
+    """The tiny untrained test policy, written by the checkout ``source`` (in its own format)."""
+    code = (
+        "import sys; from pathlib import Path; "
+        "from tests.fixtures.policy import make_tiny_inputs, make_untrained_policy, tiny_config; "
+        "root = Path(sys.argv[1]); cfg = tiny_config(); "
+        "make_untrained_policy(cfg, make_tiny_inputs(root, cfg), root / 'policy')"
+    )
+    env = dict(os.environ, PYTHONPATH=str(source))
+    subprocess.run(
+        [sys.executable, "-c", code, str(root)], cwd=source, env=env, check=True, capture_output=True
+    )
+    return root / "policy"
+
+
 def _free_port() -> int:
     import socket
 
@@ -175,7 +190,7 @@ def main() -> None:
     if len(args.requests) != len(args.clients):
         parser.error("--requests needs one count per --clients entry")
     sys.path.insert(0, str(ROOT))
-    from tests.fixtures.policy import INSTRUCTIONS, make_tiny_inputs, make_untrained_policy, tiny_config
+    from tests.fixtures.policy import INSTRUCTIONS
 
     frames = camera_frames(8)
     texts = list(INSTRUCTIONS)
@@ -187,8 +202,7 @@ def main() -> None:
     modes = [*args.modes, *(["before"] if args.before else [])]
     results: dict[str, dict[int, dict]] = {mode: {} for mode in modes}
     with tempfile.TemporaryDirectory() as tmp:
-        cfg = tiny_config()
-        policy = make_untrained_policy(cfg, make_tiny_inputs(Path(tmp), cfg), Path(tmp) / "policy")
+        policy = make_policy(Path(args.source), Path(tmp) / "now")
         # every server up at once (an idle one costs nothing); the modes take turns on each client
         # count, round after round, so load from other processes falls on them alike
         servers = {
@@ -202,7 +216,8 @@ def main() -> None:
         }
         if args.before:
             # no serving override (an earlier checkout may not know them); OMP_NUM_THREADS sets its threads
-            servers["before"] = Server(policy, [], args.threads, Path(args.before))
+            before = make_policy(Path(args.before), Path(tmp) / "before")  # in the format it reads
+            servers["before"] = Server(before, [], args.threads, Path(args.before))
         try:
             for server in servers.values():
                 server.wait()
