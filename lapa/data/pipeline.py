@@ -569,3 +569,30 @@ def validation_set(shards: str | list[str], limit: int | None = None, seed: int 
         limit=None if limit is None else int(limit),
         seed=int(seed),
     )
+
+
+def broadcast_validation_set(fabric, val_shards: list[str], limit, seed: int, key: str, where):
+    """The run's ``ValidationSet`` (``validation_set``), read by rank 0 and broadcast over ``fabric``:
+    the whole val split (``limit`` None) or a sample of ``limit`` stratified by task, seeded by
+    ``seed``, so every validation of the run, and every run with that seed, reads the same samples.
+    None when ``val_shards`` is empty. Raises (on every rank) when the set cannot give each rank a sample.
+    """
+    if not val_shards:
+        return None
+    if limit is not None and int(limit) < 0:
+        raise ValueError(f"{key}.val_samples must be null (the whole val split), 0 (off) or positive")
+    found, problem = None, None
+    if fabric.global_rank == 0:
+        try:
+            found = validation_set(val_shards, limit, seed)
+            if len(found) < fabric.world_size:
+                problem = f"{where}/val holds {len(found)} samples for {fabric.world_size} processes"
+        except (OSError, ValueError) as exc:
+            problem = f"{where}/val: {exc}"
+    found, problem = fabric.broadcast((found, problem))
+    if problem:
+        raise ValueError(problem)
+    if fabric.global_rank == 0:
+        kind = "whole split" if found.limit is None else f"sample stratified by task, seed {seed}"
+        log.info("validation on %d of %d val samples (%s)", len(found), found.split_size, kind)
+    return found

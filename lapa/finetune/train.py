@@ -30,7 +30,7 @@ import torch
 
 from lapa.config.training import not_in_identity
 from lapa.data.action_codec import ActionStats
-from lapa.foundation.train import make_validation_set
+from lapa.data.pipeline import broadcast_validation_set
 from lapa.utils import checkpoint as ckpt
 from lapa.utils.run import (
     RequeueSignal,
@@ -39,6 +39,7 @@ from lapa.utils.run import (
     check_resumable,
     config_values,
     finalize_loggers,
+    lockstep,
     log_metrics,
     make_loggers,
     open_run_dir,
@@ -115,7 +116,7 @@ def identity(
     config = config_values(
         cfg,
         ["seed", "finetune", "foundation", "data.loader", "data.sharding"],
-        [*not_in_identity(KEY), "foundation.training", "finetune.stats", "data.sharding.workers"],
+        [*not_in_identity(KEY), "foundation.training", "finetune.stats", "finetune.decoding", "data.sharding.workers"],
     )
     inputs = {
         "foundation": foundation_dir,
@@ -180,6 +181,7 @@ def setup(
 
     fc, tcfg = cfg.finetune, cfg.finetune.training
     check_init(fc.init, foundation_dir, backbones_dir)
+    check_target(fc)
     stats = ActionStats.load(action_stats_path)
     info = read_info(shards_dir)
     if info.get("action_dim") is not None and int(info["action_dim"]) != stats.action_dim:
@@ -202,7 +204,7 @@ def setup(
     fabric.barrier()
 
     seed = int(tcfg.seed if tcfg.seed is not None else cfg.seed)
-    val_set = make_validation_set(fabric, val_shards, tcfg.val_samples, seed, KEY, shards_dir)
+    val_set = broadcast_validation_set(fabric, val_shards, tcfg.val_samples, seed, KEY, shards_dir)
     fabric.seed_everything(seed)  # the same new head on every rank (the data stream has its own seeds)
     sharded = plan.strategy == "fsdp2"  # then no rank builds the whole Llama (lapa.vla.meta)
     model, tokenizer, fcfg, source = build_model(
@@ -328,6 +330,33 @@ def _bins(run: Run, actions: torch.Tensor) -> torch.Tensor:
     return torch.from_numpy(bins).to(run.fabric.device)
 
 
+def check_target(fc: Any) -> None:
+    """``finetune.decoding``, ``finetune.label_sigma`` and ``finetune.l1_weight``, checked before anything runs."""
+    from lapa.vla.heads import check_decoding
+
+    check_decoding(str(fc.decoding), "finetune.decoding")
+    for key in ("label_sigma", "l1_weight"):
+        if not float(getattr(fc, key)) >= 0:
+            raise ValueError(f"finetune.{key} must be >= 0, got {getattr(fc, key)}")
+
+
+def _loss(run: Run, logits: torch.Tensor, actions: torch.Tensor, bins: torch.Tensor) -> torch.Tensor:
+    """``lapa.vla.heads.binned_loss`` with the run's target options; the L1 term on normalised actions."""
+    from lapa.vla.heads import bin_values, binned_loss
+
+    fc = run.cfg.finetune
+    l1_weight = float(fc.l1_weight)
+    values = target = None
+    if l1_weight > 0:
+        device = logits.device
+        values = torch.from_numpy(run.stats.normalize(bin_values(run.stats).T).T).to(device)
+        true = np.clip(run.stats.normalize(actions.detach().float().cpu().numpy()), -1.0, 1.0)
+        target = torch.from_numpy(true).to(device)
+    return binned_loss(
+        logits, bins, label_sigma=float(fc.label_sigma), l1_weight=l1_weight, values=values, target=target
+    )
+
+
 @torch.no_grad()
 def validate(run: Run) -> dict[str, float]:
     """Loss, normalised-action MSE and bin accuracy over the validation set, beside chance.
@@ -337,13 +366,15 @@ def validate(run: Run) -> dict[str, float]:
     contiguous part; ranks step in lockstep (a sharded forward is collective) and sum their counts
     before the figures are computed. ``val/bin_accuracy_chance`` is the majority-bin rate of the
     validated actions (``ActionMetrics``), ``val/samples`` the number of frames validated.
+    ``val/loss`` is the plain cross-entropy whatever the target; ``val/action_mse`` decodes with
+    ``finetune.decoding``.
     """
     from lapa.data.pipeline import make_loader
     from lapa.evaluation.metrics import ActionMetrics
-    from lapa.foundation.train import lockstep
-    from lapa.vla.heads import binned_cross_entropy
+    from lapa.vla.heads import binned_cross_entropy, decode_actions
 
     fabric = run.fabric
+    decoding = str(run.cfg.finetune.decoding)
     metrics = ActionMetrics(run.stats)
     loss_sum = 0.0
     loader = make_loader(
@@ -361,7 +392,11 @@ def validate(run: Run) -> dict[str, float]:
         if counted:
             loss = binned_cross_entropy(logits, _bins(run, batch["action"]))
             loss_sum += float(loss) * len(batch["text"])
-            metrics.update(logits.argmax(-1).cpu().numpy(), batch["action"].float().cpu().numpy())
+            metrics.update(
+                logits.argmax(-1).cpu().numpy(),
+                batch["action"].float().cpu().numpy(),
+                pred_actions=decode_actions(logits, run.stats, decoding),
+            )
     run.model.train()
     dim, bins = run.stats.action_dim, run.stats.num_bins
     if fabric.world_size > 1:  # sum every rank's counts, then compute as one
@@ -405,8 +440,6 @@ def fit(run: Run) -> dict:
     Returns ``{"complete", "step", <last train/val metrics>}``; the policy is written only when
     complete. An incomplete run leaves a checkpoint the same command resumes.
     """
-    from lapa.vla.heads import binned_cross_entropy
-
     fabric, tcfg = run.fabric, run.cfg.finetune.training
     log_every = max(1, int(run.cfg.logging.log_every_steps))
     max_steps = int(tcfg.max_steps)
@@ -429,7 +462,7 @@ def fit(run: Run) -> dict:
             batch = next(batches)
             logits = _forward(run, batch)
             bins = _bins(run, batch["action"])
-            loss = binned_cross_entropy(logits, bins)
+            loss = _loss(run, logits, batch["action"], bins)
             fabric.backward(loss)
             grad_norm = fabric.clip_gradients(run.model, run.optimizer, max_norm=clip) if clip > 0 else None
             run.optimizer.step()
@@ -521,7 +554,10 @@ def export(run: Run, val_metrics: dict) -> None:
             "val_metrics": val_metrics,
             **run.counts,
         }
-        extra = {**run.sources, "training": training}
+        fc = run.cfg.finetune
+        target = {"label_sigma": float(fc.label_sigma), "l1_weight": float(fc.l1_weight)}
+        training["target"] = target
+        extra = {**run.sources, "decoding": str(fc.decoding), "training": training}
         pre = preprocessor_settings(run.fcfg, run.cfg.data.sharding, run.loader_cfg)
         save_policy(model.float(), run.tokenizer, run.fcfg, run.stats, pre, run.out_dir, extra)
         log.info("policy written to %s (%d steps, %s)", run.out_dir, run.progress["step"], val_metrics)

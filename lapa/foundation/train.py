@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from lapa.config.training import not_in_identity
+from lapa.data.pipeline import broadcast_validation_set
 from lapa.foundation.data import LabelSpec, check_batch, label_spec, preflight_shards
 from lapa.foundation.metrics import LatentAccuracy
 from lapa.utils import checkpoint as ckpt
@@ -38,6 +39,7 @@ from lapa.utils.run import (
     check_resumable,
     config_values,
     finalize_loggers,
+    lockstep,
     log_metrics,
     make_loggers,
     open_run_dir,
@@ -153,7 +155,7 @@ def setup(fabric: Any, plan: RunPlan, cfg: Any, backbones_dir, shards_dir, out_d
         raise ValueError(problem)
     accumulation = accumulation_steps(tcfg, fabric.world_size)
     seed = int(tcfg.seed if tcfg.seed is not None else cfg.seed)
-    val_set = make_validation_set(fabric, val_shards, tcfg.val_samples, seed, KEY, shards_dir)
+    val_set = broadcast_validation_set(fabric, val_shards, tcfg.val_samples, seed, KEY, shards_dir)
     run_dir = open_run(fabric, cfg, backbones_dir, shards_dir, workdir)
 
     # Under FSDP2 the Llama is built on the meta device and each rank later reads only its own
@@ -304,60 +306,6 @@ def _loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 
 
 # -- loop -------------------------------------------------------------------------------------
-
-
-def make_validation_set(fabric: Any, val_shards: list[str], limit, seed: int, key: str, where) -> Any:
-    """The run's validation set (``lapa.data.pipeline.validation_set``), read by rank 0 and broadcast:
-    the whole val split (``limit`` None) or a sample of ``limit`` stratified by task, seeded by
-    ``seed``, so every validation of the run, and every run with that seed, reads the same samples.
-    None when ``val_shards`` is empty. Raises (on every rank) when the set cannot give each rank a sample.
-    """
-    from lapa.data.pipeline import validation_set
-
-    if not val_shards:
-        return None
-    if limit is not None and int(limit) < 0:
-        raise ValueError(f"{key}.val_samples must be null (the whole val split), 0 (off) or positive")
-    found, problem = None, None
-    if fabric.global_rank == 0:
-        try:
-            found = validation_set(val_shards, limit, seed)
-            if len(found) < fabric.world_size:
-                problem = f"{where}/val holds {len(found)} samples for {fabric.world_size} processes"
-        except (OSError, ValueError) as exc:
-            problem = f"{where}/val: {exc}"
-    found, problem = fabric.broadcast((found, problem))
-    if problem:
-        raise ValueError(problem)
-    if fabric.global_rank == 0:
-        kind = "whole split" if found.limit is None else f"sample stratified by task, seed {seed}"
-        log.info("validation on %d of %d val samples (%s)", len(found), found.split_size, kind)
-    return found
-
-
-def lockstep(fabric: Any, batches):
-    """(batch, counted) from this rank's ``batches`` until every rank has run out.
-
-    A sharded (or DDP) forward is collective, so a rank that has run out while others have not
-    repeats its last batch with ``counted`` False (its results are discarded). Each rank must
-    have at least one batch.
-    """
-    spare = None
-    iterator = iter(batches)
-    while True:
-        batch = next(iterator, None)
-        have = torch.tensor([0.0 if batch is None else 1.0], device=fabric.device)
-        if fabric.world_size > 1:
-            have = fabric.all_reduce(have, reduce_op="max")
-        if float(have) < 1:
-            return
-        if batch is None:
-            if spare is None:
-                raise RuntimeError(f"rank {fabric.global_rank} has no validation batch while others have")
-            yield spare, False
-        else:
-            spare = batch
-            yield batch, True
 
 
 @torch.no_grad()

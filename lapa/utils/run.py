@@ -461,3 +461,28 @@ class RequeueSignal:
         if self._previous is not None:
             signal.signal(self.sig, self._previous)
             self._previous = None
+
+
+def lockstep(fabric: Any, batches):
+    """(batch, counted) from this rank's ``batches`` until every rank has run out.
+
+    A sharded (or DDP) forward is collective, so a rank that has run out while others have not
+    repeats its last batch with ``counted`` False (its results are discarded). Each rank must
+    have at least one batch.
+    """
+    spare = None
+    iterator = iter(batches)
+    while True:
+        batch = next(iterator, None)
+        have = torch.tensor([0.0 if batch is None else 1.0], device=fabric.device)
+        if fabric.world_size > 1:
+            have = fabric.all_reduce(have, reduce_op="max")
+        if float(have) < 1:
+            return
+        if batch is None:
+            if spare is None:
+                raise RuntimeError(f"rank {fabric.global_rank} has no validation batch while others have")
+            yield spare, False
+        else:
+            spare = batch
+            yield batch, True
