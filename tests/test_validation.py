@@ -184,8 +184,21 @@ for batch in make_loader(vset.shards, "laq", cfg, False, entries=vset):  # the r
 local_keys = list(rows["key"])
 gathered = M.gather_rows({k: np.asarray(v) for k, v in rows.items()})
 logs = M.validation_code_logs(gathered, arch["quantizer"]["vocab_size"], 4)
+record = {"logs": logs, "local_keys": local_keys, "codes": gathered["codes"].tolist()}
+if world > 1:  # the Fabric loops' lockstep over this rank's batches: unequal shares, equal steps
+    from lightning.fabric import Fabric
+    from lightning.fabric.strategies import DDPStrategy
+    from lapa.utils.run import lockstep
+
+    fabric = Fabric(accelerator="cpu", devices=world, strategy=DDPStrategy(process_group_backend="gloo"))
+    fabric.launch()
+    eleven = validation_set(shards, 11, seed=0)  # shares of 5 and 6: one batch of 5 and two
+    loader = make_loader(eleven.shards, "laq", cfg, False, entries=eleven, rank=rank, world_size=world)
+    steps = [(list(b["key"]), counted) for b, counted in lockstep(fabric, loader)]
+    record["lockstep"] = {"steps": len(steps), "counted": [k for keys, c in steps if c for k in keys]}
+    record["lockstep"]["repeats"] = sum(not c for _, c in steps)
 with open(os.path.join(out, f"rank{rank}-of{world}.json"), "w") as fh:
-    json.dump({"logs": logs, "local_keys": local_keys, "codes": gathered["codes"].tolist()}, fh)
+    json.dump(record, fh)
 if world > 1:
     dist.destroy_process_group()
 """
@@ -238,6 +251,11 @@ def test_two_ranks_gather_code_statistics_equal_to_one_process(tmp_path):
     assert a and b and not a & b and len(a | b) == count == len(single["local_keys"])  # disjoint, cover once
     assert single["logs"]["val/samples"] == count
     assert "val/code_action_ami" in single["logs"] and "val/probe_acc_codes" in single["logs"]
+    # 11 samples in batches of 5 over two ranks (5 and 6): both step twice, one step repeats a batch uncounted
+    assert [r["lockstep"]["steps"] for r in ranks] == [2, 2]
+    assert sorted(r["lockstep"]["repeats"] for r in ranks) == [0, 1]
+    counted = ranks[0]["lockstep"]["counted"] + ranks[1]["lockstep"]["counted"]
+    assert len(counted) == len(set(counted)) == 11 and set(counted) <= a | b
     for r in ranks:
         assert r["codes"] == single["codes"]
         assert r["logs"].keys() == single["logs"].keys()

@@ -116,7 +116,8 @@ class LAQTask(L.LightningModule):
         if not len(rows["codes"]):
             return
         logs = M.validation_code_logs(rows, self.model.vocab_size, self.training_cfg["action_bins"])
-        self.log_dict(logs, sync_dist=False)  # identical on every rank: computed from the gathered rows
+        # every rank computed the same figures from the same gathered rows: the mean over ranks keeps them
+        self.log_dict(logs, sync_dist=True)
         self.last_val_metrics = dict(logs)  # completed in on_validation_end
 
     def on_validation_end(self) -> None:
