@@ -254,6 +254,62 @@ def test_validation_reads_every_held_out_frame_beside_the_majority_bin_rate(setu
     )
 
 
+def test_policy_records_its_decoding_and_target(setup, trained):
+    root, _, _ = setup
+    out, metrics = trained
+    config = json.loads((out / "config.json").read_text())
+    assert config["decoding"] == "expectation"
+    assert config["training"]["target"] == {"label_sigma": 0.0, "l1_weight": 0.0}
+
+
+def test_target_options_give_the_loss_by_hand_and_decoding_leaves_the_identity(setup, tmp_path):
+    """label_sigma and l1_weight enter the loss (cross-entropy on the Gaussian plus L1 on the
+    normalised expectation) and the run's identity; decoding is read at export and stays out of it."""
+    from lapa.finetune.train import _bins, _forward, _loss, check_target, identity, validate
+    from lapa.vla.heads import bin_values, expected_values, smoothed_targets
+
+    root, cfg, inputs = setup
+    overrides = [*TRAIN_OVERRIDES, "finetune.label_sigma=2.0", "finetune.l1_weight=0.5"]
+    run = _setup_run(overrides, inputs, "scratch", tmp_path / "t")
+    batch = next(iter(_val_loader(run)))
+    with torch.no_grad():
+        logits = _forward(run, batch).float()
+        bins = _bins(run, batch["action"])
+        got = _loss(run, logits, batch["action"], bins)
+    soft = smoothed_targets(bins, 256, 2.0)
+    ce = -(soft * torch.log_softmax(logits, -1)).sum(-1).mean()
+    values = torch.from_numpy(run.stats.normalize(bin_values(run.stats).T).T.copy())
+    true = torch.from_numpy(np.clip(run.stats.normalize(batch["action"].numpy()), -1, 1))
+    l1 = (expected_values(logits, values.float()) - true).abs().mean()
+    torch.testing.assert_close(got, ce + 0.5 * l1)
+    assert np.isfinite(validate(run)["val/action_mse"])
+
+    def ident(extra):
+        c = tiny_config([*TRAIN_OVERRIDES, *extra])
+        return identity(
+            c, inputs["foundation"], inputs["backbones"], inputs["action_stats"], inputs["shards"]
+        )
+
+    base = ident([])
+    assert ident(["finetune.decoding=argmax"]).digest == base.digest
+    assert ident(["finetune.label_sigma=1.0"]).digest != base.digest
+    assert ident(["finetune.l1_weight=0.1"]).digest != base.digest
+    for bad, match in (
+        (["finetune.decoding=mode"], "finetune.decoding must be one of"),
+        (["finetune.label_sigma=-1"], "finetune.label_sigma must be >= 0"),
+    ):
+        with pytest.raises(ValueError, match=match):
+            check_target(tiny_config(bad).finetune)
+
+
+def _val_loader(run):
+    from lapa.data.pipeline import make_loader
+
+    return make_loader(
+        run.val_set.shards, task="low_level", cfg=run.loader_cfg, train=False, entries=run.val_set
+    )
+
+
 def test_scratch_variant_builds_the_same_architecture(setup):
     from lapa.data.action_codec import ActionStats
     from lapa.vla.model import VLAModel

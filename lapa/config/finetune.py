@@ -38,3 +38,11 @@ class FinetuneConfig:
     freeze_vision: bool = True
     freeze_projector: bool = False
     training: FinetuneTrainingConfig = field(default_factory=FinetuneTrainingConfig)
+    # How the 256-bin head becomes a continuous action: argmax (the most probable bin's centre) or
+    # expectation (the probability-weighted mean of the bin centres). Recorded in the policy
+    # directory's config.json; prediction, serving, ONNX and evaluation use the recorded one.
+    decoding: str = "expectation"
+    # Targets that respect bin order: a Gaussian of label_sigma bins around the true bin (0: one-hot)
+    # and l1_weight times |expectation-decoded - true| on actions normalised to [-1, 1] (0: off).
+    label_sigma: float = 0.0
+    l1_weight: float = 0.0

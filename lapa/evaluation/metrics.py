@@ -12,7 +12,7 @@ from lapa.data.action_codec import ActionStats
 
 
 class ActionMetrics:
-    """Accumulates predicted bins against true continuous actions over batches.
+    """Accumulates predictions (bins, and optionally decoded actions) against true actions over batches.
 
     ``compute`` gives the MSE of normalised actions and the bin accuracy per dimension and averaged,
     with the bin accuracy's chance level: the rate of each dimension's commonest true bin (what
@@ -26,12 +26,24 @@ class ActionMetrics:
         self.true_bins = np.zeros((stats.action_dim, stats.num_bins), dtype=np.int64)  # chance level
         self.count = 0
 
-    def update(self, pred_bins: np.ndarray, true_actions: np.ndarray) -> None:
+    def update(
+        self, pred_bins: np.ndarray, true_actions: np.ndarray, pred_actions: np.ndarray | None = None
+    ) -> None:
+        """Add a batch: predicted bins int [B, A] (bin accuracy), true actions [B, A].
+
+        The MSE uses ``pred_actions`` [B, A] (continuous, the policy's decoding) when given, else
+        the centres of ``pred_bins``. Raises ValueError when the counts disagree.
+        """
         pred_bins = np.asarray(pred_bins).reshape(-1, self.stats.action_dim)
         true_actions = np.asarray(true_actions, dtype=np.float64).reshape(-1, self.stats.action_dim)
         if len(pred_bins) != len(true_actions):
             raise ValueError(f"{len(pred_bins)} predictions for {len(true_actions)} actions")
-        pred = self.stats.normalize(self.stats.dequantize(pred_bins)).astype(np.float64)
+        if pred_actions is None:
+            pred_actions = self.stats.dequantize(pred_bins)
+        pred_actions = np.asarray(pred_actions, dtype=np.float64).reshape(-1, self.stats.action_dim)
+        if len(pred_actions) != len(true_actions):
+            raise ValueError(f"{len(pred_actions)} predicted actions for {len(true_actions)} actions")
+        pred = self.stats.normalize(pred_actions).astype(np.float64)
         true = self.stats.normalize(true_actions).astype(np.float64)
         self.sq_err += ((pred - true) ** 2).sum(axis=0)
         true_bins = self.stats.quantize(true_actions)

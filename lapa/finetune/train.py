@@ -116,7 +116,13 @@ def identity(
     config = config_values(
         cfg,
         ["seed", "finetune", "foundation", "data.loader", "data.sharding"],
-        [*not_in_identity(KEY), "foundation.training", "finetune.stats", "finetune.decoding", "data.sharding.workers"],
+        [
+            *not_in_identity(KEY),
+            "foundation.training",
+            "finetune.stats",
+            "finetune.decoding",
+            "data.sharding.workers",
+        ],
     )
     inputs = {
         "foundation": foundation_dir,
@@ -331,7 +337,7 @@ def _bins(run: Run, actions: torch.Tensor) -> torch.Tensor:
 
 
 def check_target(fc: Any) -> None:
-    """``finetune.decoding``, ``finetune.label_sigma`` and ``finetune.l1_weight``, checked before anything runs."""
+    """``finetune.decoding``, ``label_sigma`` and ``l1_weight``, checked before anything runs."""
     from lapa.vla.heads import check_decoding
 
     check_decoding(str(fc.decoding), "finetune.decoding")

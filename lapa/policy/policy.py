@@ -237,6 +237,12 @@ class LAPAPolicy:
         self.processor = VLAProcessor(tokenizer, preprocessor["image_size"], preprocessor["max_text_tokens"])
         self._text_cache: dict[tuple[str, ...], tuple[torch.Tensor, torch.Tensor]] = {}
         self._text_lock = threading.Lock()
+        from lapa.vla.heads import UNRECORDED_DECODING, check_decoding
+
+        # how logits become actions: config.json's "decoding" (directories that record none: argmax)
+        self.decoding = check_decoding(
+            config.get("decoding", UNRECORDED_DECODING), f"{path or 'policy'}/config.json: decoding"
+        )
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -387,13 +393,25 @@ class LAPAPolicy:
             return np.zeros((0, self.action_dim), dtype=np.int64)
         return self.bins_from_tensors(self.prepare_images(images), instructions)
 
+    def decode(self, logits: torch.Tensor) -> np.ndarray:
+        """Logits [B, A, bins] -> continuous actions float32 [B, A] with ``self.decoding``."""
+        from lapa.vla.heads import decode_actions
+
+        return decode_actions(logits, self.stats, self.decoding)
+
     def predict_prepared(self, images_uint8: torch.Tensor, instructions: Sequence[str]) -> np.ndarray:
         """Continuous actions float32 [B, A] for images through ``prepare_images`` (uint8 [B,3,S,S])."""
-        return self.stats.dequantize(self.bins_from_tensors(images_uint8, instructions))
+        return self.decode(self.logits_from_tensors(images_uint8, instructions))
 
     def predict_batch(self, images: Sequence[Any], instructions: Sequence[str]) -> np.ndarray:
-        """Continuous actions float32 [B, A] (bin centres, binary dimensions exact)."""
-        return self.stats.dequantize(self.predict_bins(images, instructions))
+        """Continuous actions float32 [B, A], decoded with ``self.decoding`` (recorded in config.json)."""
+        if isinstance(instructions, str):
+            raise TypeError("predict_batch takes a list of instructions; use predict() for one")
+        if len(images) != len(instructions):
+            raise ValueError(f"{len(images)} images but {len(instructions)} instructions")
+        if len(images) == 0:
+            return np.zeros((0, self.action_dim), dtype=np.float32)
+        return self.predict_prepared(self.prepare_images(images), instructions)
 
     def predict(self, image: Any, instruction: str) -> np.ndarray:
         """One observation and instruction -> the continuous action float32 [A]."""
