@@ -44,5 +44,7 @@ class FinetuneConfig:
     decoding: str = "expectation"
     # Targets that respect bin order: a Gaussian of label_sigma bins around the true bin (0: one-hot)
     # and l1_weight times |expectation-decoded - true| on actions normalised to [-1, 1] (0: off).
-    label_sigma: float = 0.0
-    l1_weight: float = 0.0
+    # Defaults from benchmarks/bench_decoding.py --synthetic: with expectation decoding, both
+    # together gave the lowest held-out MSE on every seed measured.
+    label_sigma: float = 2.0
+    l1_weight: float = 0.5
