@@ -220,3 +220,19 @@ def test_offline_evaluation_reports_every_decoding_on_the_same_logits(untrained,
         policy, inputs["shards"], tmp_path / "eval2", cfg.data.loader, plot_episodes=1, decoding="argmax"
     )
     assert override["mse"] == pytest.approx(metrics["mse_by_decoding"]["argmax"])
+
+
+def test_the_onnx_backend_decodes_with_the_recorded_decoding(untrained, tmp_path):
+    from lapa.policy import LAPAPolicy
+
+    _, _, _, path = untrained
+    directory = _with_decoding(path, tmp_path / "p", "expectation")
+    onnx = LAPAPolicy.from_pretrained(directory, backend="onnx")
+    torch_policy = LAPAPolicy.from_pretrained(directory)
+    assert onnx.decoding == torch_policy.decoding == "expectation"
+    image = np.random.default_rng(1).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    text = "push the block to the goal"
+    logits = onnx.logits_from_tensors(onnx.prepare_images([image]), [text]).double()
+    manual = (torch.softmax(logits, -1).numpy() * bin_values(onnx.stats)[None]).sum(-1)[0]
+    np.testing.assert_allclose(onnx.predict(image, text), manual, atol=1e-5)
+    np.testing.assert_allclose(onnx.predict(image, text), torch_policy.predict(image, text), atol=1e-3)
