@@ -269,3 +269,167 @@ def test_flip_drops_the_action_it_would_contradict(pair_dir):
             assert torch.equal(b["frame_t"], ref["frame_t"].flip(-1))
             assert not b["has_action"][0] and torch.isnan(b["action"]).all()
     assert flipped and kept
+
+
+# -- the decode -> augment -> collate path against the straightforward formulation --------------
+
+
+def _reference_augment(aug, frames, rng):
+    """FrameAugment written plainly: contiguous resize, float(), torch's cast (the values to keep)."""
+    import torch.nn.functional as F
+
+    from lapa.data.transforms import _LUMA
+
+    _, _, h, w = frames.shape
+    if aug.scale < 1.0:
+        area = rng.uniform(aug.scale, 1.0)
+        ratio = rng.uniform(0.9, 1.1)
+        ch = min(h, max(1, round((area * h * w / ratio) ** 0.5)))
+        cw = min(w, max(1, round((area * h * w * ratio) ** 0.5)))
+        top, left = rng.randint(0, h - ch), rng.randint(0, w - cw)
+        frames = frames[:, :, top : top + ch, left : left + cw]
+    if tuple(frames.shape[-2:]) != (aug.size, aug.size):
+        x = frames.contiguous(memory_format=torch.channels_last)
+        frames = F.interpolate(
+            x, size=(aug.size, aug.size), mode="bilinear", antialias=True, align_corners=False
+        ).contiguous()
+    if aug.jitter > 0:
+        j = aug.jitter
+        b, c, s = (rng.uniform(1 - j, 1 + j) for _ in range(3))
+        x = frames.float()
+        n, _, fh, fw = x.shape
+        gray = (_LUMA @ x.view(n, 3, fh * fw)).view(n, 1, fh, fw)
+        mean = float(gray.mean())
+        x.mul_(s * c * b).add_(gray, alpha=c * b * (1 - s)).add_(b * (1 - c) * mean + 0.5)
+        frames = x.clamp_(0, 255).to(torch.uint8)
+    flipped = bool(aug.flip and rng.random() < 0.5)
+    return (frames.flip(-1) if flipped else frames), flipped
+
+
+def _reference_images(self, jpegs, rng):
+    """ShardDataset._images written plainly: one array per JPEG, np.stack, contiguous resize."""
+    from lapa.data.codec import decode_jpeg
+    from lapa.data.images import resize_square
+
+    frames = torch.from_numpy(np.stack([decode_jpeg(j) for j in jpegs])).permute(0, 3, 1, 2)
+    if self.augment is not None:
+        return _reference_augment(self.augment, frames, rng)
+    return resize_square(frames, self.image_size), False
+
+
+def _same_batches(got: list[dict], want: list[dict]) -> None:
+    assert len(got) == len(want) > 0
+    for a, b in zip(got, want, strict=True):
+        assert a.keys() == b.keys()
+        for key in a:
+            if isinstance(b[key], torch.Tensor):
+                assert a[key].dtype == b[key].dtype and a[key].shape == b[key].shape, key
+                assert a[key].is_contiguous() and b[key].is_contiguous(), key
+                # exact equality, NaN (a missing action) equal to NaN
+                assert torch.allclose(a[key], b[key], rtol=0, atol=0, equal_nan=True), key
+            else:
+                assert a[key] == b[key], key
+
+
+@pytest.mark.parametrize(
+    "loader_kw",
+    [
+        dict(augment=False),
+        dict(augment=False, image_size=24),
+        dict(augment=True, color_jitter=0.3, random_resized_crop_scale=0.5),
+        dict(augment=True, color_jitter=0.0, random_resized_crop_scale=0.7),
+        dict(augment=True, color_jitter=0.2, random_resized_crop_scale=1.0, horizontal_flip=True),
+    ],
+)
+def test_batches_identical_to_the_plain_path(pair_dir, monkeypatch, loader_kw):
+    """Decoding into one buffer, channels-last frames until collate and the faster jitter cast change
+    no batch: same samples in the same order, dtypes, shapes and values, in the main process and
+    through a worker's shared-memory collate."""
+    from lapa.data.pipeline import ShardDataset
+
+    cfg = _cfg(batch_size=5, shuffle_buffer=6, **loader_kw)
+
+    def batches(num_workers):
+        loader = make_loader(pair_dir, "laq", cfg, train=True, seed=4, num_workers=num_workers)
+        loader.dataset.set_epoch(1)  # worker 0 of 1 and the main process then draw the same order
+        return [dict(b) for b in loader]
+
+    fast = batches(0)
+    in_worker = batches(1)
+    monkeypatch.setattr(ShardDataset, "_images", _reference_images)
+    plain = batches(0)
+    _same_batches(fast, plain)
+    _same_batches(in_worker, plain)
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last_view"])
+@pytest.mark.parametrize(("scale", "jitter", "size"), [(0.6, 0.3, 32), (0.8, 0.0, 24), (1.0, 0.25, 40)])
+def test_frame_augment_values_match_the_plain_formulation(layout, scale, jitter, size):
+    import random
+
+    from lapa.data.transforms import FrameAugment
+
+    gen = np.random.default_rng(0)
+    aug = FrameAugment(size, scale=scale, jitter=jitter, flip=True)
+    for seed in range(12):
+        hwc = torch.from_numpy(gen.integers(0, 256, (2, 36, 36, 3), dtype=np.uint8))
+        frames = hwc.permute(0, 3, 1, 2)  # the decoder's memory seen as [N,3,H,W]
+        if layout == "contiguous":
+            frames = frames.contiguous()
+        got, flipped = aug(frames, random.Random(seed))
+        want, want_flipped = _reference_augment(aug, frames, random.Random(seed))
+        assert flipped == want_flipped and got.dtype == torch.uint8 and got.shape == (2, 3, size, size)
+        assert torch.equal(got, want)
+        if jitter > 0:
+            assert got.is_contiguous()
+
+
+def test_decode_jpegs_into_one_buffer():
+    from lapa.data.codec import decode_jpeg, decode_jpegs
+
+    gen = np.random.default_rng(1)
+    images = [gen.integers(0, 256, (20, 28, 3), dtype=np.uint8) for _ in range(3)]
+    jpegs = [encode_jpeg(i) for i in images]
+    out = decode_jpegs(jpegs)
+    assert out.shape == (3, 20, 28, 3) and out.dtype == np.uint8 and out.flags.c_contiguous
+    assert np.array_equal(out, np.stack([decode_jpeg(j) for j in jpegs]))
+    smaller = encode_jpeg(gen.integers(0, 256, (12, 28, 3), dtype=np.uint8))
+    with pytest.raises(ValueError, match="frame 1 is 12x28, frame 0 is 20x28"):
+        decode_jpegs([jpegs[0], smaller])
+    with pytest.raises(ValueError, match="too small"):
+        decode_jpegs([smaller, jpegs[0]])
+    with pytest.raises(ValueError):
+        decode_jpegs([b"not a jpeg"])
+
+
+def test_resample_channels_last_keeps_values():
+    from lapa.data.images import resample
+
+    x = torch.from_numpy(np.random.default_rng(2).integers(0, 256, (2, 30, 30, 3), dtype=np.uint8))
+    frames = x.permute(0, 3, 1, 2)
+    plain = resample(frames, 20, 24)
+    kept = resample(frames, 20, 24, contiguous=False)
+    assert plain.is_contiguous() and kept.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(plain, kept) and kept.shape == (2, 3, 20, 24)
+
+
+def test_a_sample_with_frames_of_two_sizes_is_corrupt(tmp_path):
+    out = tmp_path / "pairs"
+    gen = np.random.default_rng(3)
+    with ShardWriter(out, "train", "pairs", samples_per_shard=4) as writer:
+        for i in range(3):
+            t1 = gen.integers(0, 256, (16 if i != 1 else 12, 16, 3), dtype=np.uint8)
+            writer.write(
+                {
+                    "__key__": f"p{i:03d}",
+                    "t.jpg": encode_jpeg(gen.integers(0, 256, (16, 16, 3), dtype=np.uint8)),
+                    "t1.jpg": encode_jpeg(t1),
+                    "json": {"video_id": "v", "frame_index": i},
+                }
+            )
+    write_shard_dir_metadata(out, kind="pairs", counts={"train": 3}, image_size=16, action_dim=None)
+    shards = list_shards(out, "train")
+    with pytest.raises(ShardReadError, match=r"p001.*frame 1 is 12x16"):
+        list(make_loader(shards, "laq", _cfg(image_size=16, batch_size=1), train=False))
+    ds = make_dataset(shards, "laq", _cfg(image_size=16, batch_size=1, on_error="skip"), train=False)
+    assert [b["key"][0] for b in ds] == ["p000", "p002"] and ds.skipped == 1

@@ -156,11 +156,13 @@ def resized_shape(height: int, width: int, shorter: int) -> tuple[int, int]:
     return max(shorter, round(height * scale)), max(shorter, round(width * scale))
 
 
-def resample(images, height: int, width: int):
+def resample(images, height: int, width: int, *, contiguous: bool = True):
     """The resampler: uint8 images to ``height`` x ``width`` (bilinear, antialiased when shrinking).
 
     numpy HWC [H,W,C] or [N,H,W,C] in, numpy out; torch [C,H,W] or [N,C,H,W] in, torch out (on
-    the input's device). Returns the input itself when the size already matches.
+    the input's device). Returns the input itself when the size already matches. ``contiguous=False``
+    (torch) returns the same values in the resampler's channels-last memory layout, sparing a copy
+    to callers that copy the result anyway (a loader's collate, a float conversion).
     """
     import torch
     import torch.nn.functional as F
@@ -189,7 +191,8 @@ def resample(images, height: int, width: int):
     x = images[None] if images.ndim == 3 else images
     x = x.contiguous(memory_format=torch.channels_last)
     out = F.interpolate(x, size=(height, width), mode="bilinear", antialias=True, align_corners=False)
-    out = out.contiguous()
+    if contiguous:
+        out = out.contiguous()
     return out[0] if images.ndim == 3 else out
 
 
@@ -229,9 +232,10 @@ def resize_crop(images, resize: int, crop: int):
     return center_crop(images, crop)
 
 
-def resize_square(images, size: int):
-    """Resize to ``size`` x ``size`` (the loader's step from the stored square to the model's size)."""
-    return resample(images, size, size)
+def resize_square(images, size: int, *, contiguous: bool = True):
+    """Resize to ``size`` x ``size`` (the loader's step from the stored square to the model's size);
+    ``contiguous`` as in ``resample``."""
+    return resample(images, size, size, contiguous=contiguous)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -36,7 +36,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset
 
 from lapa.config.data import LoaderConfig
-from lapa.data.codec import decode_jpeg, decode_npy
+from lapa.data.codec import decode_jpegs, decode_npy
 from lapa.data.images import resize_square
 from lapa.data.shard_reader import ShardReadError, iter_samples, list_shards, read_info, stream_samples
 from lapa.data.transforms import FrameAugment
@@ -289,10 +289,12 @@ class ShardDataset(IterableDataset):
                 )
 
     def _images(self, jpegs: list[bytes], rng: random.Random) -> tuple[torch.Tensor, bool]:
-        frames = torch.from_numpy(np.stack([decode_jpeg(j) for j in jpegs])).permute(0, 3, 1, 2)
+        """uint8 [N,3,S,S] and whether flipped. The frames stay in the decoder's HWC memory (a
+        channels-last view) until ``collate`` copies them into the batch: one copy per pixel."""
+        frames = torch.from_numpy(decode_jpegs(jpegs)).permute(0, 3, 1, 2)
         if self.augment is not None:
             return self.augment(frames, rng)
-        return resize_square(frames, self.image_size), False
+        return resize_square(frames, self.image_size, contiguous=False), False
 
     def _action(self, value) -> np.ndarray:
         if value is None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 
 from lapa.data.images import resize_square
@@ -33,16 +34,18 @@ def to_unit_range(batch_uint8: torch.Tensor) -> torch.Tensor:
     return batch_uint8.float().div_(127.5).sub_(1.0)
 
 
-def resize_uint8(frames: torch.Tensor, size: int) -> torch.Tensor:
+def resize_uint8(frames: torch.Tensor, size: int, *, contiguous: bool = True) -> torch.Tensor:
     """Resize uint8 [N,3,H,W] to size x size with lapa's one resampler (``lapa.data.images``);
-    returns the input when already there."""
-    return resize_square(frames, size)
+    returns the input when already there. ``contiguous=False`` may return a channels-last layout."""
+    return resize_square(frames, size, contiguous=contiguous)
 
 
 class FrameAugment:
     """Random resized crop (mild scale), colour jitter and optional flip, identical across the frames given.
 
-    Works on uint8 [N,3,H,W] (N frames of one sample) and returns uint8 [N,3,size,size].
+    Works on uint8 [N,3,H,W] (N frames of one sample, any memory layout) and returns uint8
+    [N,3,size,size]: contiguous when colour jitter is on, else possibly in the resampler's
+    channels-last layout (same values; a loader's collate copies it into the batch anyway).
     """
 
     def __init__(self, size: int, *, scale: float = 0.9, jitter: float = 0.1, flip: bool = False):
@@ -62,7 +65,7 @@ class FrameAugment:
             cw = min(w, max(1, round((area * h * w * ratio) ** 0.5)))
             top, left = rng.randint(0, h - ch), rng.randint(0, w - cw)
             frames = frames[:, :, top : top + ch, left : left + cw]
-        frames = resize_uint8(frames, self.size)
+        frames = resize_uint8(frames, self.size, contiguous=False)
         if self.jitter > 0:
             frames = self._jitter(frames, rng)
         flipped = bool(self.flip and rng.random() < 0.5)
@@ -74,10 +77,12 @@ class FrameAugment:
         """Brightness, contrast and saturation folded into one affine map of (pixel, grey) per sample."""
         j = self.jitter
         b, c, s = (rng.uniform(1 - j, 1 + j) for _ in range(3))
-        x = frames.float()
+        # one pass from the resampler's channels-last uint8 to contiguous float (no uint8 copy first)
+        x = torch.empty(frames.shape, dtype=torch.float32).copy_(frames)
         n, _, h, w = x.shape
         gray = (_LUMA @ x.view(n, 3, h * w)).view(n, 1, h, w)
         mean = float(gray.mean())  # one contrast pivot for all frames of the sample keeps them consistent
         # saturation(contrast(brightness(x))) == s*c*b * x + c*b*(1-s) * gray + b*(1-c) * mean
         x.mul_(s * c * b).add_(gray, alpha=c * b * (1 - s)).add_(b * (1 - c) * mean + 0.5)
-        return x.clamp_(0, 255).to(torch.uint8)
+        # numpy's cast truncates exactly as torch's .to(torch.uint8) on [0, 255] and is several times faster
+        return torch.from_numpy(x.clamp_(0, 255).numpy().astype(np.uint8))
