@@ -66,8 +66,8 @@ with torch.no_grad():  # one forward, so the sharded model is known to work
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 local = sum((p.to_local() if hasattr(p, "to_local") else p).numel() for p in model.parameters())
 with open(os.path.join(out, f"{mode}-{rank}.json"), "w") as fh:
-    record = {"rank": rank, "overhead_mb": overhead, "peak_mb": loaded_peak, "seconds": seconds, "local": local}
-    record["forward_peak_mb"] = peak
+    record = {"rank": rank, "overhead_mb": overhead, "peak_mb": loaded_peak, "seconds": seconds}
+    record.update(local=local, forward_peak_mb=peak)
     json.dump(record, fh)
 dist.destroy_process_group()
 """
