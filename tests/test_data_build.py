@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from lapa.config.data import ShardingConfig
-from lapa.data.build import build_shards
+from lapa.data.build import build_shards, check_output_dir
 from lapa.data.episode import Episode
 from lapa.data.samples import assign_splits, key_stem
 from lapa.data.shard_reader import index_shard, list_shards
@@ -142,7 +142,7 @@ def test_demo_shards_split_by_task(tmp_path, coded_frames):
 _BUILD = """
 import sys
 from lapa.config.data import ShardingConfig
-from lapa.data.build import build_shards
+from lapa.data.build import build_shards, check_output_dir
 cfg = ShardingConfig(fps=None, resize=32, crop=32, samples_per_shard=5, workers=1, chunk_sources=1,
                      val_fraction=0.3)
 build_shards("pairs", [sys.argv[1]], sys.argv[2], cfg, progress=False)
@@ -188,3 +188,32 @@ def test_a_killed_build_resumes_to_identical_shards(tmp_path, coded_frames, writ
     assert _tree(out) == _tree(reference)  # shards, manifest and info.json byte for byte
     info = json.loads((out / "info.json").read_text())
     assert info["counts"]["train"] + info["counts"]["val"] == 24 * 25
+
+
+# ---------------------------------------------------------------------------------------------
+# the output directory
+
+
+def test_the_output_never_replaces_an_input_or_a_foreign_directory(tmp_path, coded_frames, write_video):
+    frames = tmp_path / "frames"
+    write_video(frames / "a.mp4", coded_frames(4, 32, 32), fps=10)
+    cfg = _cfg(val_fraction=0.0)
+    for out in (frames, frames / "pairs", tmp_path):  # is, inside, contains the input
+        with pytest.raises(ValueError, match=f"{out}: the output directory"):
+            build_shards("pairs", [str(frames)], out, cfg, progress=False)
+    with pytest.raises(ValueError, match="overlaps the input .*a.mp4"):  # a source found through a list
+        check_output_dir(frames, "pairs", [str(tmp_path / "list.txt")], [str(frames / "a.mp4")])
+    assert (frames / "a.mp4").is_file()
+    precious = tmp_path / "precious"
+    precious.mkdir()
+    (precious / "notes.md").write_text("x")
+    with pytest.raises(ValueError, match=f"{precious}: exists and is not a pairs shard directory"):
+        build_shards("pairs", [str(frames)], precious, cfg, progress=False)
+    assert (precious / "notes.md").read_text() == "x"
+    out = tmp_path / "out"
+    out.mkdir()  # an empty directory is replaced, and so is an earlier build of the same kind
+    build_shards("pairs", [str(frames)], out, cfg, progress=False)
+    info = build_shards("pairs", [str(frames)], out, cfg, progress=False)
+    assert info["counts"]["train"] == 3
+    with pytest.raises(ValueError, match="not a demos shard directory"):
+        build_shards("demos", [str(frames)], out, cfg, progress=False)

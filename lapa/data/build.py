@@ -578,14 +578,45 @@ def _remove_stale_builds(out_dir: Path) -> None:
             pass
 
 
+def check_output_dir(out_dir, kind: str, inputs: list[str], sources: list[str] = ()) -> None:
+    """Refuse an output directory whose replacement would destroy data.
+
+    Raises ValueError naming the path when ``out_dir`` is, contains or lies inside an input (or a
+    source found through one), or when it is an existing non-empty directory other than a ``kind``
+    shard directory (one whose ``info.json`` says ``"kind": kind``); FileExistsError when it is an
+    existing non-directory.
+    """
+    out_dir = Path(out_dir)
+    out = Path(os.path.realpath(out_dir))
+    for item in [*inputs, *sources]:
+        src = Path(os.path.realpath(item))
+        if out == src or src in out.parents or out in src.parents:
+            raise ValueError(
+                f"{out_dir}: the output directory {'is' if out == src else 'overlaps'} the input {item}; "
+                "it would be replaced: choose another output directory"
+            )
+    if out_dir.exists() and not out_dir.is_dir():
+        raise FileExistsError(f"{out_dir}: exists and is not a directory: choose another output path")
+    if out_dir.is_dir() and any(out_dir.iterdir()):
+        try:
+            found = json.loads((out_dir / "info.json").read_text()).get("kind")
+        except (OSError, ValueError, AttributeError):
+            found = None
+        if found != kind:
+            raise ValueError(
+                f"{out_dir}: exists and is not a {kind} shard directory (no info.json of kind {kind!r}); "
+                "refusing to replace it: remove it or choose another output directory"
+            )
+
+
 def build_shards(
     kind: str, inputs: list[str], out_dir, cfg: ShardingConfig, *, progress: bool = True
 ) -> dict:
     """Read ``inputs`` (see ``lapa.data.sources``) into a ``pairs`` or ``demos`` shard directory.
 
-    Returns info.json's content. Bad inputs raise naming the file (on_error=raise) or are skipped
-    and listed in the manifest with the reason (on_error=skip). See the module docstring for the
-    stages, memory and resuming.
+    Returns info.json's content. ``out_dir`` is checked first (``check_output_dir``). Bad inputs
+    raise naming the file (on_error=raise) or are skipped and listed in the manifest with the
+    reason (on_error=skip). See the module docstring for the stages, memory and resuming.
     """
     from tqdm import tqdm
 
@@ -597,9 +628,11 @@ def build_shards(
         raise ValueError(f"data.sharding.chunk_sources must be >= 1, got {cfg.chunk_sources}")
     on_error = cfg.on_error
     out_dir = Path(out_dir)
+    check_output_dir(out_dir, kind, [str(i) for i in inputs])
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale_builds(out_dir)
     plan = make_plan(kind, inputs, cfg)
+    check_output_dir(out_dir, kind, [], [u.path for u in plan.units])
     staging = Staging.beside(out_dir)
     staging.open(_fingerprint(kind, inputs, cfg, plan), cfg.resume)
     units = plan.units
@@ -692,4 +725,4 @@ def build_shards(
     return info
 
 
-__all__ = ["Plan", "Unit", "build_shards", "make_plan"]
+__all__ = ["Plan", "Unit", "build_shards", "check_output_dir", "make_plan"]
