@@ -95,9 +95,12 @@ def _json_default(obj: Any) -> Any:
 def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
     """Build a directory under a temporary name; replace ``path`` with it only on success.
 
-    A directory already at ``path`` is removed only once the new one is complete.
+    A directory already at ``path`` is removed only once the new one is complete. Raises
+    FileExistsError naming ``path`` when it exists and is not a directory (nothing is written).
     """
     path = Path(path)
+    if (path.exists() or path.is_symlink()) and not path.is_dir():
+        raise FileExistsError(f"{path}: exists and is not a directory: refusing to replace it")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
     if tmp.exists():
