@@ -65,12 +65,27 @@ def test_a_source_given_twice_is_named_and_skippable(tmp_path, coded_frames, wri
     listing = tmp_path / "list.txt"
     listing.write_text("a.mp4\n")
     inputs = [str(video), str(listing)]  # the same file, once directly and once through a list
-    with pytest.raises(ValueError, match=r"a\.mp4 and again from .*a\.mp4"):
+    with pytest.raises(ValueError, match=r"a\.mp4 and .*a\.mp4 are one source"):
         build_shards("pairs", inputs, tmp_path / "p", _cfg(), progress=False)
     info = build_shards("pairs", inputs, tmp_path / "p", _cfg(on_error="skip"), progress=False)
     assert info["skipped"] == 1 and sum(info["counts"].values()) == 3
     manifest = pd.read_parquet(tmp_path / "p" / "manifest.parquet")
     assert "each source may be given once" in manifest.query("status == 'skipped'").reason.iloc[0]
+
+
+@pytest.mark.parametrize("spelling", ["relative", "symlink", "folder"])
+def test_one_file_however_spelled_is_one_source(tmp_path, coded_frames, write_video, monkeypatch, spelling):
+    nb = tmp_path / "nb"
+    video = write_video(nb / "sub" / "v1.mp4", coded_frames(4, 32, 32), fps=10)
+    monkeypatch.chdir(tmp_path)
+    if spelling == "symlink":
+        (tmp_path / "link.mp4").symlink_to(video)
+    other = {"relative": "nb/sub/v1.mp4", "symlink": "link.mp4", "folder": "nb"}[spelling]
+    inputs = [str(video), other]  # absolute, then another spelling of the same file
+    with pytest.raises(ValueError, match=f"{video} and {other}.* are one source"):
+        build_shards("pairs", inputs, tmp_path / "p", _cfg(), progress=False)
+    info = build_shards("pairs", inputs, tmp_path / "p", _cfg(on_error="skip"), progress=False)
+    assert info["skipped"] == 1 and sum(info["counts"].values()) == 3 and sum(info["episodes"].values()) == 1
 
 
 # ---------------------------------------------------------------------------------------------

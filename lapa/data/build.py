@@ -3,7 +3,8 @@
 1. **Plan.** Inputs are discovered (``lapa.data.sources``) and LeRobot datasets expanded into
    their episodes from ``meta/episodes`` alone. Every unit (a video, an image folder, a LeRobot
    episode) gets its episode id, its sample-key stem (``lapa.data.samples.key_stem``: readable id
-   plus a hash of the source path; two units with one stem are an error naming both) and its split
+   plus a hash of the source's real path; two units with one real path or one stem, however they
+   were spelled, are an error naming both) and its split
    (``assign_splits``: known before anything is decoded, so it can guarantee both splits and
    stratify by task).
 2. **Parts.** Units are streamed into parts: video and image-folder units in worker processes
@@ -175,8 +176,17 @@ def make_plan(kind: str, inputs: list[str], cfg: ShardingConfig) -> Plan:
     # keys: a stem names one source; the same source given twice is a real collision
     kept: list[dict] = []
     owners: dict[str, str] = {}
+    by_uid: dict[str, str] = {}  # real path (and episode) -> the path it was first given as
     for u in units:
         stem = key_stem(u["episode_id"], u["uid"])
+        if u["uid"] in by_uid:
+            fail(
+                u["path"],
+                f"{by_uid[u['uid']]} and {u['path']} are one source ({u['uid']}): "
+                "each source may be given once",
+                u["episode_id"],
+            )
+            continue
         if stem in owners:
             fail(
                 u["path"],
@@ -186,6 +196,7 @@ def make_plan(kind: str, inputs: list[str], cfg: ShardingConfig) -> Plan:
             )
             continue
         owners[stem] = u["path"]
+        by_uid[u["uid"]] = u["path"]
         kept.append({**u, "stem": stem})
     splits = assign_splits(
         [u["episode_id"] for u in kept],

@@ -98,7 +98,7 @@ KEY_HASH_CHARS = 10
 def key_stem(episode_id: str, uid: str) -> str:
     """``<readable id>-<hash>``: the episode id made tar-safe (no dots, which WebDataset reads as
     extension separators; letters, digits, ``_`` and ``-`` only; at most 48 characters) and the first
-    10 hex digits of SHA-256 of ``uid`` (the source's path, or dataset path and episode index), so
+    10 hex digits of SHA-256 of ``uid`` (the source's real path, or dataset real path and episode index), so
     distinct sources never share keys however their names read (``a.v1.mp4`` / ``a_v1.mp4``)."""
     readable = _KEY_UNSAFE.sub("_", episode_id).strip("_")[:KEY_STEM_CHARS] or "x"
     digest = hashlib.sha256(uid.encode("utf-8")).hexdigest()[:KEY_HASH_CHARS]

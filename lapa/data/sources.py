@@ -36,8 +36,9 @@ class Source:
 
     @property
     def uid(self) -> str:
-        """The source's identity for sample keys: its path as found (normalised), extension included."""
-        return os.path.normpath(self.path)
+        """The source's identity for sample keys and duplicate checks: its real path (symlinks and
+        relative spellings resolved, ``os.path.realpath``), extension included."""
+        return os.path.realpath(self.path)
 
 
 def _natural_key(name: str):

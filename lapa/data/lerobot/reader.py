@@ -276,7 +276,7 @@ class LeRobotDataset:
                     index=index,
                     length=int(row["length"]),
                     episode_id=f"{self.name}/{index}",
-                    uid=f"{os.path.normpath(self.root)}#{index}",
+                    uid=f"{os.path.realpath(self.root)}#{index}",
                     instruction=instruction,
                     task=task,
                 )
