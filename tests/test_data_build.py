@@ -113,6 +113,37 @@ def test_four_videos_with_the_default_fraction(tmp_path, coded_frames, write_vid
     assert info["episodes"]["val"] == 1 and info["episodes"]["train"] == 3
 
 
+@pytest.mark.parametrize("chunk_sources", [1, 16])
+def test_a_skipped_source_does_not_empty_a_split(tmp_path, coded_frames, write_video, chunk_sources):
+    cfg = _cfg(on_error="skip", chunk_sources=chunk_sources)
+    # names where the unreadable one is the only episode the plan holds out
+    names = next(
+        (f"good{i}", f"good{j}", "fake")
+        for i in range(50)
+        for j in range(i + 1, 50)
+        if assign_splits([f"good{i}", f"good{j}", "fake"], seed=cfg.split_seed, val_fraction=cfg.val_fraction)
+        == ["train", "train", "val"]
+    )
+    for name in names[:2]:
+        write_video(tmp_path / "v" / f"{name}.mp4", coded_frames(4, 32, 32), fps=10)
+    (tmp_path / "v" / "fake.mp4").write_bytes(b"not a video")
+    info = build_shards("pairs", [str(tmp_path / "v")], tmp_path / "p", cfg, progress=False)
+    assert info["skipped"] == 1 and info["episodes"] == {"train": 1, "val": 1}
+    assert info["counts"] == {"train": 3, "val": 3}
+    manifest = pd.read_parquet(tmp_path / "p" / "manifest.parquet")
+    written = manifest.query("status == 'written'")
+    assert sorted(written.groupby("split").episode_id.nunique().items()) == [("train", 1), ("val", 1)]
+    assert all(f"-{split}-" in shard for split, shard in zip(written.split, written.shard, strict=True))
+    assert len(set(_keys(tmp_path / "p"))) == 6
+    (tmp_path / "v" / "fake.mp4").unlink()  # the same splits as without the unreadable source
+    again = build_shards("pairs", [str(tmp_path / "v")], tmp_path / "p2", cfg, progress=False)
+    assert again["episodes"] == info["episodes"] and again["counts"] == info["counts"]
+    m2 = pd.read_parquet(tmp_path / "p2" / "manifest.parquet").query("status == 'written'")
+    assert dict(zip(m2.episode_id, m2.split, strict=True)) == dict(
+        zip(written.episode_id, written.split, strict=True)
+    )
+
+
 def test_split_by_task():
     ids = [f"ds/{i}" for i in range(15)]
     tasks = ["reach", "push", "pick"] * 5

@@ -15,7 +15,10 @@
 3. **Chunks.** ``sharding.chunk_sources`` consecutive units form a chunk; once all its parts are
    there they are packed, in unit order, into the chunk's shards
    ``<split>/<kind>-<split>-<chunk>-<n>.tar`` and the parts are deleted.
-4. **Assembly.** The chunks' shards are linked into the output, with ``manifest.parquet`` and
+4. **Splits over what was written.** The default split rule is applied again to the episodes
+   actually written (``_rebalance``): a skipped source cannot leave a split empty; a chunk holding
+   an episode that moved is repacked from its own shards.
+5. **Assembly.** The chunks' shards are linked into the output, with ``manifest.parquet`` and
    ``info.json``, and the directory is renamed into place.
 
 Everything in between lives in ``.<out name>.build/`` beside the output. After a kill a rerun
@@ -34,6 +37,7 @@ import multiprocessing as mp
 import os
 import shutil
 from dataclasses import asdict, dataclass
+from dataclasses import replace as dataclass_replace
 from pathlib import Path
 
 from lapa.config.data import ShardingConfig
@@ -54,7 +58,7 @@ from lapa.utils.io import atomic_directory, atomic_write_json
 
 log = logging.getLogger(__name__)
 
-PLAN_VERSION = 1
+PLAN_VERSION = 2
 _NOT_IN_FINGERPRINT = ("workers", "resume")
 
 
@@ -424,8 +428,28 @@ def _episode_part(episode, unit: Unit, kind: str, cfg: ShardingConfig, staging: 
 # parts into chunks, chunks into the output
 
 
-def _pack_chunk(chunk: int, units: list[Unit], kind: str, cfg: ShardingConfig, staging: Staging) -> dict:
-    """Pack the parts of one chunk's units (in order) into its shards; returns its done record."""
+def _pack_chunk(
+    chunk: int,
+    units: list[Unit],
+    kind: str,
+    cfg: ShardingConfig,
+    staging: Staging,
+    summaries: dict[int, dict] | None = None,
+    samples_of=None,
+) -> dict:
+    """Pack one chunk's units (in order) into its shards; returns its done record.
+
+    By default each unit's summary and samples come from its part, and the parts are deleted once
+    packed; ``summaries`` (unit index -> summary) and ``samples_of(unit)`` repack from elsewhere.
+    """
+    from_parts = samples_of is None
+    if summaries is None:
+        summaries = {u.index: _read_json(staging.part_summary(u)) for u in units}
+    if samples_of is None:
+
+        def samples_of(unit: Unit):
+            return iter_samples(sorted(staging.part_dir(unit).glob("*.tar")))
+
     cdir = staging.chunk_dir(chunk)
     shutil.rmtree(cdir, ignore_errors=True)
     cdir.mkdir(parents=True)
@@ -441,7 +465,7 @@ def _pack_chunk(chunk: int, units: list[Unit], kind: str, cfg: ShardingConfig, s
     )
     try:
         for unit in units:
-            summary = _read_json(staging.part_summary(unit))
+            summary = summaries[unit.index]
             if summary["status"] != "written":
                 builder.skip(unit.path, summary["reason"], unit.episode_id)
                 continue
@@ -451,8 +475,7 @@ def _pack_chunk(chunk: int, units: list[Unit], kind: str, cfg: ShardingConfig, s
                     builder.nan_actions += int(count)
                 elif name != "state_dim":
                     builder.note(name, count)
-            part = sorted(staging.part_dir(unit).glob("*.tar"))
-            for sample in iter_samples(part):
+            for sample in samples_of(unit):
                 meta = json.loads(sample["json"])
                 builder.write(
                     unit.split,
@@ -476,12 +499,60 @@ def _pack_chunk(chunk: int, units: list[Unit], kind: str, cfg: ShardingConfig, s
         "action_dim": builder.action_dim,
         "nan_actions": builder.nan_actions,
         "notes": builder.notes,
+        "units": [{"index": u.index, "split": u.split, "summary": summaries[u.index]} for u in units],
     }
     atomic_write_json(cdir / "done.json", done)
-    for unit in units:
-        shutil.rmtree(staging.part_dir(unit), ignore_errors=True)
-        staging.part_summary(unit).unlink(missing_ok=True)
+    if from_parts:
+        for unit in units:
+            shutil.rmtree(staging.part_dir(unit), ignore_errors=True)
+            staging.part_summary(unit).unlink(missing_ok=True)
     return done
+
+
+def _rebalance(
+    kind: str,
+    cfg: ShardingConfig,
+    staging: Staging,
+    chunks: list[tuple[int, list[Unit]]],
+    done: dict[int, dict],
+) -> list[tuple[int, list[Unit]]]:
+    """Splits decided over the episodes actually written, so a skipped source cannot empty a split.
+
+    The plan's splits are made before anything is decoded; once every chunk is packed the default
+    rule (``assign_splits`` without ``train_episodes_per_task``) is applied again to the written
+    episodes alone. Hash-decided splits never move; only the rule's "neither split empty" choice
+    can, and the chunks holding a moved episode are repacked from their own shards. Returns the
+    chunks with their units' final splits.
+    """
+    recorded = {r["index"]: r for c in done for r in done[c]["units"]}
+    written = [
+        u for _, members in chunks for u in members if recorded[u.index]["summary"]["status"] == "written"
+    ]
+    if cfg.train_episodes_per_task is not None or not written:
+        return chunks
+    splits = assign_splits(
+        [u.episode_id for u in written], seed=cfg.split_seed, val_fraction=cfg.val_fraction
+    )
+    final = {u.index: split for u, split in zip(written, splits, strict=True)}
+    out = []
+    for c, members in chunks:
+        moved = [dataclass_replace(u, split=final.get(u.index, u.split)) for u in members]
+        if any(recorded[u.index]["split"] != u.split for u in moved if u.index in final):
+            log.info("chunk %d: episodes moved between splits after skips: repacking it", c)
+            old = staging.chunk_dir(c).with_name(f"{staging.chunk_dir(c).name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(staging.chunk_dir(c), old)
+
+            def samples_of(unit: Unit, old=old):
+                shards = sorted((old / recorded[unit.index]["split"]).glob("*.tar"))
+                return (s for s in iter_samples(shards) if s["__key__"].rsplit("_", 1)[0] == unit.stem)
+
+            summaries = {u.index: recorded[u.index]["summary"] for u in members}
+            record = _pack_chunk(c, moved, kind, cfg, staging, summaries, samples_of)
+            done[c] = {**record, "dir": str(staging.chunk_dir(c))}
+            shutil.rmtree(old, ignore_errors=True)
+        out.append((c, moved))
+    return out
 
 
 def _link(src: Path, dst: Path) -> None:
@@ -727,6 +798,7 @@ def build_shards(
         missing_chunks = [c for c, _ in chunks if c not in done]
         if missing_chunks:
             raise RuntimeError(f"chunks {missing_chunks[:5]} were not packed")
+        chunks = _rebalance(kind, cfg, staging, chunks, done)
         with atomic_directory(out_dir) as tmp:
             info = _assemble(tmp, kind, cfg, plan, chunks, done, inputs)
         ok = True
