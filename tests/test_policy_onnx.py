@@ -183,3 +183,12 @@ def test_lapa_serve_backend_onnx(setup, both):
     assert bad.returncode == 2 and "invalid choice: 'tensorrt'" in bad.stderr
     bad = subprocess.run([*cmd, "serve.threads=0"], cwd=root, env=env, capture_output=True, text=True)
     assert bad.returncode != 0 and "serve.threads must be >= 1, got 0" in bad.stderr
+
+
+def test_export_to_a_directory_is_refused_before_any_work(tmp_path, capsys):
+    from lapa.commands import main
+
+    with pytest.raises(SystemExit) as exc:  # the policy is not even looked at
+        main(["export", "--policy", str(tmp_path / "no-policy"), "--out", str(tmp_path)])
+    assert exc.value.code == 1
+    assert f"--out {tmp_path}: is a directory" in capsys.readouterr().err

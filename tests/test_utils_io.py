@@ -46,3 +46,11 @@ def test_atomic_files_follow_the_umask(tmp_path, umask):
     for f in (tmp_path / "info.json", tmp_path / "laq.ckpt", tmp_path / "policy" / "config.json"):
         assert stat.S_IMODE(f.stat().st_mode) == want, f
     assert stat.S_IMODE((tmp_path / "policy").stat().st_mode) == 0o777 & ~umask
+
+
+def test_atomic_path_refuses_a_directory_before_the_block_runs(tmp_path):
+    ran = []
+    with pytest.raises(IsADirectoryError, match=f"{tmp_path}: is a directory"):
+        with atomic_path(tmp_path) as tmp:
+            ran.append(tmp)
+    assert ran == [] and list(tmp_path.iterdir()) == []

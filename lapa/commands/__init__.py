@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> None:
     except ConfigError as exc:
         print(f"lapa {args.command}: config error: {exc}", file=sys.stderr)
         sys.exit(2)
-    except (FileNotFoundError, FileExistsError, ValueError) as exc:
+    except (FileNotFoundError, FileExistsError, IsADirectoryError, ValueError) as exc:
         print(f"lapa {args.command}: error: {exc}", file=sys.stderr)
         sys.exit(1)
     if isinstance(result, int):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+from pathlib import Path
 
 from lapa.commands import add_config_arguments, load_config_from_args
 
@@ -90,6 +91,8 @@ def run_export(args: argparse.Namespace) -> int:
     from lapa.policy.policy import LAPAPolicy
 
     load_config_from_args(args)  # validates -c/overrides like every command
+    if Path(args.out).is_dir():
+        raise ValueError(f"--out {args.out}: is a directory; give the .onnx file to write")
     policy = LAPAPolicy.from_pretrained(args.policy, device="cpu")
     export_onnx(policy, args.out, opset=args.opset)
     inputs = example_inputs(policy, batch=3)

@@ -57,6 +57,8 @@ def export_onnx(policy, out_path: str | os.PathLike, opset: int = 17, fingerprin
 
     if policy.model is None:
         raise ValueError("export_onnx needs a policy loaded with backend='torch'")
+    if Path(out_path).is_dir():
+        raise IsADirectoryError(f"{out_path}: is a directory; give the .onnx file to write")
     if fingerprint is None and policy.path is not None:
         fingerprint = policy_fingerprint(policy.path)
     out_path = Path(out_path)

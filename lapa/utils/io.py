@@ -43,8 +43,11 @@ def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
 
     The temporary file is created with the permissions of a plain new file (``0o666`` less the
     umask), not ``mkstemp``'s 0600, so what lands at ``path`` is as readable as any other file.
+    Raises IsADirectoryError naming ``path`` when it is a directory (before the block runs).
     """
     path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"{path}: is a directory; a file path is needed here")
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=path.parent)
     try:
