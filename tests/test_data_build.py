@@ -263,3 +263,11 @@ def test_the_output_never_replaces_an_input_or_a_foreign_directory(tmp_path, cod
     assert info["counts"]["train"] == 3
     with pytest.raises(ValueError, match="not a demos shard directory"):
         build_shards("demos", [str(frames)], out, cfg, progress=False)
+
+
+@pytest.mark.parametrize("quality", [0, 500])
+def test_jpeg_quality_out_of_range_names_the_key_before_reading(tmp_path, quality):
+    with pytest.raises(
+        ValueError, match=rf"data\.sharding\.jpeg_quality must be in \[1, 100\], got {quality}"
+    ):
+        build_shards("pairs", [str(tmp_path / "missing.mp4")], tmp_path / "p", _cfg(jpeg_quality=quality))

@@ -323,3 +323,13 @@ def _encode_pil(image) -> bytes:
     buf = io.BytesIO()
     image.save(buf, format="PNG")
     return buf.getvalue()
+
+
+@pytest.mark.parametrize("port", ["99999", "-1"])
+def test_a_port_out_of_range_is_refused_at_start(tmp_path, capsys, port):
+    from lapa.commands import main
+
+    with pytest.raises(SystemExit) as exc:  # before the policy is looked at
+        main(["serve", "--policy", str(tmp_path / "no-policy"), "--port", port])
+    assert exc.value.code == 1
+    assert f"serve.port (--port) must be in [1, 65535], got {port}" in capsys.readouterr().err

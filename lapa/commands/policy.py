@@ -76,6 +76,8 @@ def run_serve(args: argparse.Namespace) -> int:
     )
     if limits.threads < 1:
         raise ValueError(f"serve.threads must be >= 1, got {limits.threads}")
+    if not 1 <= int(limits.port) <= 65535:
+        raise ValueError(f"serve.port (--port) must be in [1, 65535], got {limits.port}")
     import torch
 
     torch.set_num_threads(limits.threads)

@@ -431,6 +431,9 @@ class ShardDirBuilder:
 
 
 def check_sharding(cfg: ShardingConfig) -> None:
+    """Settings checked before any source is read; ValueError naming the ``data.sharding`` key."""
+    if not 1 <= int(cfg.jpeg_quality) <= 100:
+        raise ValueError(f"data.sharding.jpeg_quality must be in [1, 100], got {cfg.jpeg_quality}")
     if cfg.crop > cfg.resize:
         raise ValueError(
             f"data.sharding.crop ({cfg.crop}) must not exceed data.sharding.resize ({cfg.resize})"
