@@ -141,8 +141,13 @@ def test_bad_videos(video_dir, tmp_path, coded_frames, write_video):
 
 
 def test_demos_need_actions(video_dir, tmp_path):
-    with pytest.raises(ValueError, match="a.mp4.*no actions"):
+    with pytest.raises(ValueError, match="a.mp4: a video source has no actions"):
         build_shards("demos", [str(video_dir)], tmp_path / "d", _cfg(), progress=False)
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    (folder / "000.png").write_bytes(b"")  # found as an image folder; never read
+    with pytest.raises(ValueError, match="frames: an image-folder source has no actions"):
+        build_shards("demos", [str(folder)], tmp_path / "d", _cfg(), progress=False)
 
 
 def _lerobot(tmp_path, coded_frames, bad: str | None = None):

@@ -16,7 +16,7 @@ from scipy.stats import chi2
 
 import lapa.sim  # noqa: F401  (selects headless OpenGL before metaworld imports mujoco)
 from lapa.evaluation.closed_loop import wilson_interval
-from lapa.evaluation.results import paired_difference, parse_input, write_results
+from lapa.evaluation.results import collect, paired_difference, parse_input, write_results
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -131,6 +131,9 @@ def test_arms_on_other_tasks_or_seeds_are_refused(tmp_path):
         write_results([*inputs, *lapa], tmp_path / "out")
     with pytest.raises(ValueError, match="already has a sim evaluation"):
         write_results([*inputs, f"scratch@1={lapa[0]}"], tmp_path / "out")
+    offline = [_write(tmp_path / r, "lapa", 0, {}, kind="offline") for r in ("c", "d")]
+    with pytest.raises(ValueError, match="already has an offline evaluation"):
+        collect(offline)
 
 
 def test_input_labels():

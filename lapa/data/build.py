@@ -170,7 +170,8 @@ def make_plan(kind: str, inputs: list[str], cfg: ShardingConfig) -> Plan:
         elif kind == "demos":
             fail(
                 s.path,
-                f"{s.path}: a {s.kind} source has no actions: demonstration shards need LeRobot datasets",
+                f"{s.path}: {'an image-folder' if s.kind == 'images' else 'a video'} source has no actions: "
+                "demonstration shards need LeRobot datasets",
             )
         else:
             units.append(

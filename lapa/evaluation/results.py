@@ -97,7 +97,8 @@ def collect(inputs: list[str | Path]) -> dict[str, ArmResults]:
         runs = getattr(entry, kind)
         if seed in runs:
             raise ValueError(
-                f"{path}: arm {arm!r} finetuning seed {seed!r} already has a {kind} evaluation "
+                f"{path}: arm {arm!r} finetuning seed {seed!r} already has "
+                f"{'an' if kind == 'offline' else 'a'} {kind} evaluation "
                 f"({entry.paths[(kind, seed)]}); label the inputs ARM@SEED=DIR"
             )
         metrics = path / "metrics.json"
