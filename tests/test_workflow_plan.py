@@ -189,6 +189,12 @@ def test_every_arm_runs_every_finetuning_seed_and_results_reads_them_all(tmp_pat
     kinds = ("offline", "sim")
     expected = {f"results/tiny/eval/{a}/seed{s}/{kind}" for a in arms for s in seeds for kind in kinds}
     assert set(inputs) == expected and len(inputs) == len(expected), results
+    # jobs that run a model take one core each, so that two of them share a 2-core machine
+    model_rules = {"train_laq", "label_latent", "train_foundation", "finetune", "eval_offline", "eval_sim"}
+    for block in out.split("\n\n"):
+        rule = re.search(r"^(?:local)?rule (\w+):", block.strip(), re.M)
+        if rule and rule.group(1) in model_rules:
+            assert not re.search(r"^\s*threads: (?!1\b)", block, re.M), block
     foundations = results.split("--foundation ")[1].split(" --")[0].split()
     assert foundations == [f"results/tiny/foundation/{a}" for a in ("lapa", "action_pretrained")], results
 

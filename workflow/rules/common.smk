@@ -40,6 +40,13 @@ def contract(config, code, leave_out=(), work=None):
     return out
 
 
+# Cores of a job that runs a model (training, labelling, evaluation): one. Such a job computes with
+# one torch thread (OMP_NUM_THREADS follows a rule's threads) beside its data-loader worker or
+# renderer; a second intra-op thread only contends with them, while the DAG has independent jobs
+# (the two foundation models, every arm x finetuning seed) to run side by side on the other cores.
+# A profile may give a rule more (`set-threads`); a Slurm profile sets its CPUs (cpus_per_task).
+MODEL_THREADS = 1
+
 # Training keys that change how a run goes (checkpoints kept, threads, leaving early), not its weights.
 RUN_ONLY = EXP.run_only_keys
 

@@ -24,7 +24,7 @@ rule eval_offline:
         f"{LOGS}/eval_offline_{{arm}}_seed{{seed}}.log",
     benchmark:
         f"{LOGS}/bench/eval_offline_{{arm}}_seed{{seed}}.tsv"
-    threads: 1
+    threads: MODEL_THREADS
     resources:
         mem_mb=grow(8000),
         runtime=grow(60),
@@ -56,7 +56,7 @@ rule eval_sim:
         f"{LOGS}/eval_sim_{{arm}}_seed{{seed}}.log",
     benchmark:
         f"{LOGS}/bench/eval_sim_{{arm}}_seed{{seed}}.tsv"
-    threads: 2
+    threads: MODEL_THREADS
     resources:
         mem_mb=grow(8000),
         runtime=grow(120),

@@ -42,7 +42,7 @@ rule finetune:
         f"{LOGS}/finetune_{{arm}}_seed{{seed}}.log",
     benchmark:
         f"{LOGS}/bench/finetune_{{arm}}_seed{{seed}}.tsv"
-    threads: 2
+    threads: MODEL_THREADS
     resources:
         mem_mb=grow(16000),
         runtime=grow(240),

@@ -18,7 +18,7 @@ rule make_backbones:
         f"{LOGS}/make_backbones.log",
     benchmark:
         f"{LOGS}/bench/make_backbones.tsv"
-    threads: 2
+    threads: MODEL_THREADS
     resources:
         mem_mb=grow(16000),
         runtime=grow(60),
@@ -50,7 +50,7 @@ rule train_foundation:
         f"{LOGS}/train_foundation_{{arm}}.log",
     benchmark:
         f"{LOGS}/bench/train_foundation_{{arm}}.tsv"
-    threads: 2
+    threads: MODEL_THREADS
     resources:
         mem_mb=grow(16000),
         runtime=grow(720),

@@ -31,7 +31,7 @@ rule train_laq:
         f"{LOGS}/train_laq.log",
     benchmark:
         f"{LOGS}/bench/train_laq.tsv"
-    threads: 2
+    threads: MODEL_THREADS
     resources:
         mem_mb=grow(8000),
         runtime=grow(240),
@@ -58,7 +58,7 @@ rule label_latent:
         f"{LOGS}/label_latent.log",
     benchmark:
         f"{LOGS}/bench/label_latent.tsv"
-    threads: 2
+    threads: MODEL_THREADS
     resources:
         mem_mb=grow(8000),
         runtime=grow(60),
@@ -81,7 +81,7 @@ rule label_actions:
         f"{LOGS}/label_actions.log",
     benchmark:
         f"{LOGS}/bench/label_actions.tsv"
-    threads: 2
+    threads: MODEL_THREADS
     resources:
         mem_mb=grow(4000),
         runtime=grow(60),
