@@ -3,6 +3,7 @@
     snakemake -n                                   # what must (re)build for the default experiment
     snakemake --config experiment=tiny             # another experiment from configs/experiment/
     snakemake --config overrides="laq.quantizer.vocab_size=16"   # key=value overrides
+    snakemake --config overrides="workflow.finetune_seeds=[0,1,2]"  # every arm for each finetuning seed
     snakemake --profile profiles/lrz               # the LRZ H100 nodes through Slurm
 
 Each rule runs one `lapa` subcommand and states its own contract in workflow/rules/*.smk:
