@@ -125,6 +125,7 @@ def main() -> None:
         f"- machine: {machine['cores']} cores, {machine['cpu']}, {machine['memory']} memory",
         f"- GPU: {machine['gpu']}",
         f"- software: Python {machine['python']}, torch {machine['torch']}",
+        f"- benchmarks run: {', '.join(b[0] for b in selected)} ({len(selected)} of {len(BENCHMARKS)})",
         "",
     ]
     out = Path(args.out)
