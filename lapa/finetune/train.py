@@ -36,7 +36,6 @@ from lapa.utils.run import (
     RequeueSignal,
     RunDir,
     RunIdentity,
-    check_resumable,
     config_values,
     finalize_loggers,
     lockstep,
@@ -44,10 +43,10 @@ from lapa.utils.run import (
     make_loggers,
     open_run_dir,
     resumable_batches,
+    resume_latest,
     rng_state,
     run_identity,
     set_cpu_threads,
-    set_rng_state,
 )
 
 log = logging.getLogger(__name__)
@@ -277,24 +276,8 @@ def save_checkpoint(run: Run) -> Path:
 
 
 def _resume(run: Run) -> None:
-    fabric = run.fabric
-    latest = None
-    if fabric.global_rank == 0:
-        ckpt.remove_stale(run.run_dir.checkpoints)
-        found = ckpt.completed(run.run_dir.checkpoints)
-        latest = str(found[-1]) if found else None
-    latest = fabric.broadcast(latest)
-    if latest is None:
-        return
-    latest = Path(latest)
     max_steps = int(run.cfg.finetune.training.max_steps)
-    check_resumable(ckpt.step_of(latest), max_steps, f"{KEY}.max_steps", latest, run.run_dir)
-    own = ckpt.load_training_state(fabric, latest, run.raw_model, run.optimizer, sharded=run.sharded)
-    run.scheduler.load_state_dict(own["scheduler"])
-    set_rng_state(own["rng"])
-    run.progress = dict(own["progress"])
-    if fabric.global_rank == 0:
-        log.info("resumed finetuning from %s at step %d", latest, run.progress["step"])
+    resume_latest(run, max_steps, f"{KEY}.max_steps", run.run_dir.checkpoints, "finetuning")
 
 
 # -- data and loss ----------------------------------------------------------------------------

@@ -36,7 +36,6 @@ from lapa.utils.run import (
     RequeueSignal,
     RunDir,
     RunIdentity,
-    check_resumable,
     config_values,
     finalize_loggers,
     lockstep,
@@ -44,10 +43,10 @@ from lapa.utils.run import (
     make_loggers,
     open_run_dir,
     resumable_batches,
+    resume_latest,
     rng_state,
     run_identity,
     set_cpu_threads,
-    set_rng_state,
 )
 from lapa.vla.parallelize import RunPlan, full_state_dict, local_parameter_count, make_fabric, plan_run
 
@@ -247,24 +246,8 @@ def save_checkpoint(run: Run) -> Path:
 
 
 def _resume(run: Run) -> None:
-    fabric = run.fabric
-    latest = None
-    if fabric.global_rank == 0:
-        ckpt.remove_stale(run.ckpt_dir)
-        found = ckpt.completed(run.ckpt_dir)
-        latest = str(found[-1]) if found else None
-    latest = fabric.broadcast(latest)
-    if latest is None:
-        return
-    latest = Path(latest)
     max_steps = int(run.cfg.foundation.training.max_steps)
-    check_resumable(ckpt.step_of(latest), max_steps, f"{KEY}.max_steps", latest, run.run_dir)
-    own = ckpt.load_training_state(fabric, latest, run.raw_model, run.optimizer, sharded=run.sharded)
-    run.scheduler.load_state_dict(own["scheduler"])
-    set_rng_state(own["rng"])
-    run.progress = dict(own["progress"])
-    if fabric.global_rank == 0:
-        log.info("resumed from %s at step %d", latest, run.progress["step"])
+    resume_latest(run, max_steps, f"{KEY}.max_steps", run.ckpt_dir)
 
 
 # -- data -------------------------------------------------------------------------------------

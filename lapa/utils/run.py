@@ -486,3 +486,31 @@ def lockstep(fabric: Any, batches):
         else:
             spare = batch
             yield batch, True
+
+
+def resume_latest(run: Any, max_steps: int, key: str, ckpt_dir: Path, what: str = "") -> None:
+    """Restore a Fabric run (model, optimiser, scheduler, RNG, ``run.progress``) from its newest
+    complete checkpoint in ``ckpt_dir``, if there is one; stale partial checkpoints are removed.
+
+    ``run`` has ``fabric``, ``raw_model``, ``optimizer``, ``scheduler``, ``sharded``, ``run_dir``
+    and ``progress``. Raises (via ``check_resumable``) when the checkpoint is past ``max_steps``.
+    """
+    from lapa.utils import checkpoint as ckpt
+
+    fabric = run.fabric
+    latest = None
+    if fabric.global_rank == 0:
+        ckpt.remove_stale(ckpt_dir)
+        found = ckpt.completed(ckpt_dir)
+        latest = str(found[-1]) if found else None
+    latest = fabric.broadcast(latest)
+    if latest is None:
+        return
+    latest = Path(latest)
+    check_resumable(ckpt.step_of(latest), int(max_steps), key, latest, run.run_dir)
+    own = ckpt.load_training_state(fabric, latest, run.raw_model, run.optimizer, sharded=run.sharded)
+    run.scheduler.load_state_dict(own["scheduler"])
+    set_rng_state(own["rng"])
+    run.progress = dict(own["progress"])
+    if fabric.global_rank == 0:
+        log.info("resumed %sfrom %s at step %d", f"{what} " if what else "", latest, run.progress["step"])
