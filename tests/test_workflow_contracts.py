@@ -7,6 +7,7 @@ the `lapa` subcommand its shell runs, and where result paths are written.
 from __future__ import annotations
 
 import ast
+import os
 import re
 import sys
 from pathlib import Path
@@ -157,6 +158,45 @@ def test_scoped_entry_follows_the_function_and_its_helpers_only(tmp_path):
     assert codehash.fingerprint(tmp_path, ["lapa.commands.tool:run_one"]) != before
     with pytest.raises(ValueError, match="defines no top-level 'run_three'"):
         codehash.closure(tmp_path, ["lapa.commands.tool:run_three"])
+
+
+def test_imports_nested_in_any_statement_are_followed(tmp_path):
+    pkg = tmp_path / "lapa"
+    names = [f"m{i}" for i in range(9)]
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    for name in [*names, "unused"]:
+        (pkg / f"{name}.py").write_text("V = 1\n")
+    (pkg / "tool.py").write_text(
+        "try:\n    import lapa.m0\nexcept ImportError:\n    from lapa import m1\nelse:\n    pass\n"
+        "finally:\n    from . import m2\n"
+        "with open(__file__):\n    if True:\n        pass\n    else:\n        from .m3 import V\n"
+        "class Tool:\n    @staticmethod\n    def go():\n        def inner():\n            import lapa.m4\n"
+        "for _ in ():\n    pass\nelse:\n    import lapa.m5\n"
+        "while False:\n    import lapa.m6\n"
+        "match 1:\n    case 1:\n        import lapa.m7\n"
+        "async def later():\n    async with x:\n        import lapa.m8\n"
+        "NOTE = 'import lapa.unused'\n"
+    )
+    files = {p.name for p in codehash.closure(tmp_path, ["lapa.tool"])}
+    assert files == {"__init__.py", "tool.py", *(f"{name}.py" for name in names)}
+
+
+def test_an_edit_within_one_timestamp_tick_changes_the_fingerprint(tmp_path):
+    """Cached import lists follow the content, not the file's mtime (coarse on most file systems)."""
+    pkg = tmp_path / "lapa"
+    pkg.mkdir()
+    for name in ["__init__", "a", "b"]:
+        (pkg / f"{name}.py").write_text("")
+    tool = pkg / "tool.py"
+    tool.write_text("import lapa.a\n")
+    stamp = tool.stat().st_mtime_ns
+    before = codehash.fingerprint(tmp_path, ["lapa.tool"])
+    assert "b.py" not in {p.name for p in codehash.closure(tmp_path, ["lapa.tool"])}
+    tool.write_text("import lapa.b\n")  # same size
+    os.utime(tool, ns=(stamp, stamp))
+    assert "b.py" in {p.name for p in codehash.closure(tmp_path, ["lapa.tool"])}
+    assert codehash.fingerprint(tmp_path, ["lapa.tool"]) != before
 
 
 def test_config_param_names_an_unknown_key():

@@ -13,6 +13,9 @@ From those files the ``lapa`` modules they import are followed transitively (imp
 functions included, since stages import heavy modules lazily). Editing the finetuning code then
 changes the fingerprint of finetuning and of nothing upstream.
 
+Rules share stages (``lapa.sim``, ``lapa.laq``, ``lapa.data``): a file's import list is computed
+once per process and content (the bytes read, not the mtime), so planning parses each file once.
+
 Configuration schemas (``lapa.config``) are not followed: each rule's params already carry the
 resolved values those schemas produce, and every stage loads the whole schema, so following
 them would make any config edit rerun the whole DAG.
@@ -51,14 +54,34 @@ def _module_name(root: Path, path: Path) -> str:
 
 
 @cache
-def _parse(path: Path, mtime_ns: int) -> ast.Module:
+def _parse(source: bytes, path: Path) -> ast.Module:
+    """The syntax tree of ``source`` (the bytes of ``path``), parsed once per distinct content.
+
+    Keyed on the bytes rather than the file's mtime: two edits within one timestamp tick (a
+    few milliseconds on most file systems) still read as different code.
+    """
     try:
-        return ast.parse(path.read_bytes(), filename=str(path))
+        return ast.parse(source, filename=str(path))
     except SyntaxError as exc:
         raise ValueError(f"cannot parse {path} to fingerprint it: {exc}") from exc
 
 
 _DEFS = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)
+# The nodes that hold statements in a list (``body``, ``orelse``, ``finalbody``, ``handlers``,
+# ``cases``); an import is a statement, so no expression needs visiting to find one.
+_STATEMENT_HOLDERS = (ast.stmt, ast.excepthandler, ast.match_case)
+
+
+def _statements(top: ast.AST) -> list[ast.AST]:
+    """``top`` and every statement nested in it (function bodies, branches, handlers)."""
+    found, stack = [], [top]
+    while stack:
+        node = stack.pop()
+        found.append(node)
+        for _, value in ast.iter_fields(node):
+            if isinstance(value, list):
+                stack.extend(item for item in value if isinstance(item, _STATEMENT_HOLDERS))
+    return found
 
 
 def _scoped_nodes(tree: ast.Module, path: Path, function: str) -> list[ast.AST]:
@@ -80,15 +103,16 @@ def _scoped_nodes(tree: ast.Module, path: Path, function: str) -> list[ast.AST]:
     return nodes
 
 
-def _imports(root: Path, path: Path, function: str | None = None) -> frozenset[str]:
-    """The ``lapa`` modules a file (or one function of it) imports; missing ones are dropped later."""
-    tree = _parse(path, path.stat().st_mtime_ns)
+@cache
+def _source_imports(source: bytes, path: Path, this: str, function: str | None) -> frozenset[str]:
+    """The ``lapa`` modules that ``source`` (module ``this`` at ``path``, or one function of it)
+    imports. Cached on the content, so rules sharing a stage walk its files once per process."""
+    tree = _parse(source, path)
     nodes = [tree] if function is None else _scoped_nodes(tree, path, function)
-    this = _module_name(root, path)
     package = this if path.name == "__init__.py" else this.rpartition(".")[0]
     found: set[str] = set()
     for top in nodes:
-        for node in ast.walk(top):
+        for node in _statements(top):
             if isinstance(node, ast.Import):
                 found.update(alias.name for alias in node.names)
             elif isinstance(node, ast.ImportFrom):
@@ -110,9 +134,8 @@ def _imports(root: Path, path: Path, function: str | None = None) -> frozenset[s
     return frozenset(modules)
 
 
-def closure(root: str | Path, entries: list[str]) -> list[Path]:
-    """Every file the entries (packages, modules, ``module:function``) consist of or import, sorted."""
-    root = Path(root).resolve()
+def _sources(root: Path, entries: list[str]) -> dict[Path, bytes]:
+    """Every file the entries consist of or import, with the bytes its imports were read from."""
     if not entries:
         raise ValueError("cannot fingerprint an empty list of code entries")
     pending: list[tuple[Path, str | None]] = []
@@ -131,6 +154,8 @@ def closure(root: str | Path, entries: list[str]) -> list[Path]:
         else:
             raise ValueError(f"cannot fingerprint {entry!r}: neither {base}/ nor {base}.py exists")
     own = {path for path, _ in pending}
+    files: dict[str, Path | None] = {}  # module -> its file, looked up once per call
+    sources: dict[Path, bytes] = {}
     whole: set[Path] = set()
     scoped: set[tuple[Path, str]] = set()
     while pending:
@@ -141,23 +166,35 @@ def closure(root: str | Path, entries: list[str]) -> list[Path]:
             whole.add(path)
         else:
             scoped.add((path, function))
-        for module in _imports(root, path, function):
-            target = _module_file(root, module)
+        if path not in sources:
+            sources[path] = path.read_bytes()
+        for module in _source_imports(sources[path], path, _module_name(root, path), function):
+            if module not in files:
+                files[module] = _module_file(root, module)
+            target = files[module]
             if target is None or target in whole:
                 continue
             if _is_schema(module) and target not in own:
                 continue
             pending.append((target, None))
-    return sorted(whole | {path for path, _ in scoped})
+    return sources
+
+
+def closure(root: str | Path, entries: list[str]) -> list[Path]:
+    """Every file the entries (packages, modules, ``module:function``) consist of or import, sorted."""
+    return sorted(_sources(Path(root).resolve(), entries))
 
 
 def fingerprint(root: str | Path, entries: list[str]) -> str:
-    """A short hash of the files in ``closure(root, entries)`` (paths and contents)."""
+    """A short hash of the files in ``closure(root, entries)`` (paths and contents).
+
+    The contents hashed are the bytes whose imports were followed, each file read once.
+    """
     root = Path(root).resolve()
     digest = hashlib.sha256()
-    for path in closure(root, entries):
+    for path, source in sorted(_sources(root, entries).items()):
         digest.update(str(path.relative_to(root)).encode())
         digest.update(b"\0")
-        digest.update(path.read_bytes())
+        digest.update(source)
         digest.update(b"\0")
     return digest.hexdigest()[:16]
