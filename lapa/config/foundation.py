@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from lapa.config.checks import above, at_least
 from lapa.config.training import TrainingConfig
 
 
@@ -22,7 +23,7 @@ class VisionConfig:
             arch="vit_large_patch14_reg4_dinov2", overrides={"img_size": 224}
         )
     )
-    image_size: int = 224
+    image_size: int = field(default=224, metadata=at_least(1))
     freeze: bool = True
 
 
@@ -31,22 +32,23 @@ class LLMConfig:
     path: str | None = (
         None  # local HF directory (e.g. a Llama-2-7b-hf copy); None: build from the fields below
     )
-    hidden_size: int = 4096
-    intermediate_size: int = 11008
-    num_hidden_layers: int = 32
-    num_attention_heads: int = 32
-    num_key_value_heads: int = 32
-    max_position_embeddings: int = 4096
-    rms_norm_eps: float = 1e-5
-    vocab_size: int = 32000  # for a locally trained tokenizer, its size is used instead
+    hidden_size: int = field(default=4096, metadata=at_least(1))
+    intermediate_size: int = field(default=11008, metadata=at_least(1))
+    num_hidden_layers: int = field(default=32, metadata=at_least(1))
+    num_attention_heads: int = field(default=32, metadata=at_least(1))
+    num_key_value_heads: int = field(default=32, metadata=at_least(1))
+    max_position_embeddings: int = field(default=4096, metadata=at_least(1))
+    rms_norm_eps: float = field(default=1e-5, metadata=above(0))
+    # for a locally trained tokenizer, its size is used instead
+    vocab_size: int = field(default=32000, metadata=at_least(1))
     tokenizer_path: str | None = None  # local tokenizer directory; None: train a BPE on the instructions
-    tokenizer_vocab_size: int = 1024
+    tokenizer_vocab_size: int = field(default=1024, metadata=at_least(1))
     attn_implementation: str = "sdpa"
 
 
 @dataclass
 class ProjectorConfig:
-    hidden_dim: int | None = None  # None: the LLM's hidden size
+    hidden_dim: int | None = field(default=None, metadata=at_least(1))  # None: the LLM's hidden size
 
 
 @dataclass
@@ -57,8 +59,8 @@ class HeadConfig:
     loudly on shards labelled by a different one.
     """
 
-    num_tokens: int | None = None
-    vocab_size: int | None = None
+    num_tokens: int | None = field(default=None, metadata=at_least(1))
+    vocab_size: int | None = field(default=None, metadata=at_least(1))
 
 
 @dataclass
@@ -76,8 +78,9 @@ class FoundationTrainingConfig(TrainingConfig):
     warmup_steps: int = 2000
     min_lr: float = 1e-6
     keep_last: int = 5
-    batch_size_per_device: int = 16
-    effective_batch_size: int = 4096  # batch_size_per_device x world size x accumulation
+    batch_size_per_device: int = field(default=16, metadata=at_least(1))
+    # batch_size_per_device x world size x accumulation
+    effective_batch_size: int = field(default=4096, metadata=at_least(1))
     activation_checkpointing: bool = False
 
 
@@ -87,5 +90,6 @@ class FoundationConfig:
     projector: ProjectorConfig = field(default_factory=ProjectorConfig)
     llm: LLMConfig = field(default_factory=LLMConfig)
     head: HeadConfig = field(default_factory=HeadConfig)
-    max_text_tokens: int = 64  # instruction tokens after BOS; longer instructions are truncated
+    # instruction tokens after BOS; longer instructions are truncated
+    max_text_tokens: int = field(default=64, metadata=at_least(1))
     training: FoundationTrainingConfig = field(default_factory=FoundationTrainingConfig)

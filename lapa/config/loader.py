@@ -3,7 +3,10 @@
 An experiment file names fragments in a ``defaults:`` list (paths relative to the configs
 root, without ``.yaml``, e.g. ``model/laq_tiny``); fragments are merged in order, then the
 experiment's own keys, then ``key=value`` overrides. Every fragment is rooted at the top of
-the experiment tree. A misspelt key or a wrong type fails at once, naming the key and file.
+the experiment tree. A misspelt key or a wrong type fails at once, naming the key and file; a
+value outside what its field allows (``lapa.config.checks``: counts below their minimum, a string
+that is not one of its choices, a fraction outside [0, 1]) fails once the tree is composed, naming
+the key, the value, what is allowed and the file or override that set it.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from typing import Any
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from lapa.config.checks import validate
 from lapa.config.schema import ExperimentConfig
 
 
@@ -113,13 +117,18 @@ def load_config(
     overrides: list[str] | None = None,
     configs_root: Path | None = None,
 ) -> ExperimentConfig:
-    """Compose, validate and return the experiment as a typed (structured) config."""
+    """Compose, validate and return the experiment as a typed (structured) config.
+
+    Raises ConfigError for a missing file, an unknown key, a value of the wrong type or a value
+    outside what its field allows (naming the key, the value, what is allowed and its source).
+    """
     path = resolve_experiment_path(experiment, configs_root)
     root = configs_root or _configs_root_for(path)
     cfg = OmegaConf.structured(ExperimentConfig)
     OmegaConf.set_struct(cfg, True)
     _open_free_form_dicts(cfg)
-    for source, fragment in _collect(path, root):
+    sources = _collect(path, root)
+    for source, fragment in sources:
         cfg = _merge_checked(cfg, fragment, source)
     if overrides:
         for item in overrides:
@@ -129,11 +138,17 @@ def load_config(
                 dot = OmegaConf.from_dotlist([item])
             except Exception as exc:
                 raise ConfigError(f"cannot parse override {item!r}: {exc}") from exc
-            cfg = _merge_checked(cfg, dot, f"command-line override {item!r}")
+            source = f"command-line override {item!r}"
+            cfg = _merge_checked(cfg, dot, source)
+            sources.append((source, dot))
     try:
         OmegaConf.resolve(cfg)
     except OmegaConfBaseException as exc:
         raise ConfigError(f"{path}: cannot resolve interpolation: {exc}") from exc
+    try:
+        validate(cfg, sources)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from exc
     return cfg  # a DictConfig typed by ExperimentConfig; attribute access is checked
 
 

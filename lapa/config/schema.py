@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from lapa.config.checks import at_least
 from lapa.config.cluster import ClusterConfig, EvalConfig, LoggingConfig, WorkflowConfig
 from lapa.config.data import DataConfig
 from lapa.config.finetune import FinetuneConfig
@@ -16,7 +17,7 @@ from lapa.config.sim import SimConfig
 @dataclass
 class ExperimentConfig:
     name: str = "default"
-    seed: int = 42
+    seed: int = field(default=42, metadata=at_least(0))
     data: DataConfig = field(default_factory=DataConfig)
     sim: SimConfig = field(default_factory=SimConfig)
     laq: LAQConfig = field(default_factory=LAQConfig)
