@@ -31,6 +31,7 @@ import torch
 from lapa.config.training import not_in_identity
 from lapa.data.action_codec import ActionStats
 from lapa.data.pipeline import broadcast_validation_set
+from lapa.data.stream import train_stream, validation_shards
 from lapa.utils import checkpoint as ckpt
 from lapa.utils.run import (
     RequeueSignal,
@@ -42,7 +43,6 @@ from lapa.utils.run import (
     log_metrics,
     make_loggers,
     open_run_dir,
-    resumable_batches,
     resume_latest,
     rng_state,
     run_identity,
@@ -195,12 +195,7 @@ def setup(
             f"{shards_dir}/info.json says {info['action_dim']}"
         )
     train_shards = list_shards(shards_dir, "train")
-    try:
-        val_on = tcfg.val_samples != 0 and int(tcfg.val_every_steps) > 0
-        val_shards = list_shards(shards_dir, "val") if val_on else []
-    except FileNotFoundError:
-        log.warning("%s has no val split: finetuning without validation", shards_dir)
-        val_shards = []
+    val_shards = validation_shards(shards_dir, tcfg.val_samples, tcfg.val_every_steps)
     workdir = Path(workdir) if workdir else default_workdir(out_dir)
     ident = None
     if fabric.global_rank == 0:
@@ -285,25 +280,17 @@ def _resume(run: Run) -> None:
 
 def train_batches(run: Run):
     """Training batches forever from the saved data position; epoch ``e`` seeded by (seed, rank, e)."""
-    from lapa.data.pipeline import make_loader
-
     fabric = run.fabric
-
-    def epoch(e: int):
-        loader = make_loader(
-            run.train_shards,
-            task="low_level",
-            cfg=run.loader_cfg,
-            train=True,
-            epoch_samples=run.batches_per_epoch * int(run.loader_cfg.batch_size),
-            seed=run.seed,
-            rank=fabric.global_rank,
-            world_size=fabric.world_size,
-        )
-        loader.dataset.set_epoch(e)
-        return loader
-
-    yield from resumable_batches(epoch, run.progress, run.batches_per_epoch, f"{run.train_shards[0]}...")
+    yield from train_stream(
+        run.train_shards,
+        "low_level",
+        run.loader_cfg,
+        run.progress,
+        run.batches_per_epoch,
+        seed=run.seed,
+        rank=fabric.global_rank,
+        world_size=fabric.world_size,
+    )
 
 
 def _forward(run: Run, batch: dict) -> torch.Tensor:

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 
 from lapa.config.training import not_in_identity
 from lapa.data.pipeline import broadcast_validation_set
+from lapa.data.stream import train_stream, validation_shards
 from lapa.foundation.data import LabelSpec, check_batch, label_spec, preflight_shards
 from lapa.foundation.metrics import LatentAccuracy
 from lapa.utils import checkpoint as ckpt
@@ -42,7 +43,6 @@ from lapa.utils.run import (
     log_metrics,
     make_loggers,
     open_run_dir,
-    resumable_batches,
     resume_latest,
     rng_state,
     run_identity,
@@ -137,12 +137,7 @@ def setup(fabric: Any, plan: RunPlan, cfg: Any, backbones_dir, shards_dir, out_d
     workdir = Path(workdir) if workdir else default_workdir(out_dir)
     spec = label_spec(shards_dir, fcfg.head)
     train_shards = list_shards(shards_dir, "train")
-    try:
-        val_on = tcfg.val_samples != 0 and int(tcfg.val_every_steps) > 0
-        val_shards = list_shards(shards_dir, "val") if val_on else []
-    except FileNotFoundError:
-        val_shards = []
-        log.warning("no validation shards in %s/val: validation is off", shards_dir)
+    val_shards = validation_shards(shards_dir, tcfg.val_samples, tcfg.val_every_steps)
     problem = None
     if fabric.global_rank == 0:  # one reader; every rank raises the same error (none waits in a collective)
         try:
@@ -255,25 +250,18 @@ def _resume(run: Run) -> None:
 
 def _train_batches(run: Run):
     """Micro-batches forever, from the saved data position on (epochs of ``micro_per_epoch``)."""
-    from lapa.data.pipeline import make_loader
-
     fabric = run.fabric
-
-    def epoch(e: int):
-        loader = make_loader(
-            run.train_shards,
-            "foundation",
-            run.loader_cfg,
-            train=True,
-            epoch_samples=run.micro_per_epoch * int(run.loader_cfg.batch_size),
-            seed=run.seed,
-            rank=fabric.global_rank,
-            world_size=fabric.world_size,
-        )
-        loader.dataset.set_epoch(e)
-        return loader
-
-    for batch in resumable_batches(epoch, run.progress, run.micro_per_epoch, f"{run.train_shards[0]}..."):
+    stream = train_stream(
+        run.train_shards,
+        "foundation",
+        run.loader_cfg,
+        run.progress,
+        run.micro_per_epoch,
+        seed=run.seed,
+        rank=fabric.global_rank,
+        world_size=fabric.world_size,
+    )
+    for batch in stream:
         check_batch(batch, run.spec, run.train_shards)
         yield batch
 
