@@ -20,8 +20,7 @@ restored, so a killed and rerun job writes exactly the weights of an uninterrupt
 from __future__ import annotations
 
 import logging
-import os
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -32,32 +31,30 @@ from lapa.config.training import not_in_identity
 from lapa.data.action_codec import ActionStats
 from lapa.data.pipeline import broadcast_validation_set
 from lapa.data.stream import train_stream, validation_shards
-from lapa.utils import checkpoint as ckpt
 from lapa.utils.run import (
+    FabricRun,
     RequeueSignal,
-    RunDir,
     RunIdentity,
+    StepSchedule,
+    checkpoint_or_requeue,
     config_values,
+    default_workdir,
     finalize_loggers,
     lockstep,
     log_metrics,
     make_loggers,
-    open_run_dir,
+    norm_value,
+    open_fabric_run_dir,
     resume_latest,
-    rng_state,
     run_identity,
     set_cpu_threads,
+    stopped_early,
 )
 
 log = logging.getLogger(__name__)
 
 INITS = ("foundation", "scratch")
 KEY = "finetune.training"
-
-
-def default_workdir(out_dir: str | os.PathLike) -> Path:
-    out = Path(out_dir)
-    return out.parent / f"{out.name}.work"
 
 
 def _loader_config(cfg: Any, batch_size: int):
@@ -133,16 +130,9 @@ def identity(
 
 
 @dataclass
-class Run:
-    """Everything ``fit`` and ``export`` need, built by ``setup``."""
+class Run(FabricRun):
+    """Everything ``fit`` and ``export`` need, built by ``setup`` (``model``: the policy network)."""
 
-    fabric: Any
-    plan: Any  # lapa.vla.parallelize.RunPlan
-    cfg: Any  # the whole experiment config
-    model: Any  # Fabric-wrapped policy network
-    raw_model: Any
-    optimizer: Any
-    scheduler: Any
     processor: Any
     tokenizer: Any
     fcfg: Any  # the foundation section the network was built from
@@ -156,13 +146,6 @@ class Run:
     batches_per_epoch: int
     out_dir: Path
     sources: dict  # what the policy's config.json records about its inputs
-    run_dir: RunDir
-    loggers: list = field(default_factory=list)  # rank 0 only
-    progress: dict = field(default_factory=lambda: {"step": 0, "epoch": 0, "batch_in_epoch": 0})
-
-    @property
-    def sharded(self) -> bool:
-        return self.plan.strategy == "fsdp2"
 
 
 def setup(
@@ -197,11 +180,11 @@ def setup(
     train_shards = list_shards(shards_dir, "train")
     val_shards = validation_shards(shards_dir, tcfg.val_samples, tcfg.val_every_steps)
     workdir = Path(workdir) if workdir else default_workdir(out_dir)
-    ident = None
-    if fabric.global_rank == 0:
-        ident = identity(cfg, foundation_dir, backbones_dir, action_stats_path, shards_dir, workdir)
-    run_dir = open_run_dir(workdir, fabric.broadcast(ident), create=fabric.global_rank == 0)
-    fabric.barrier()
+    run_dir = open_fabric_run_dir(
+        fabric,
+        lambda: identity(cfg, foundation_dir, backbones_dir, action_stats_path, shards_dir, workdir),
+        workdir,
+    )
 
     seed = int(tcfg.seed if tcfg.seed is not None else cfg.seed)
     val_set = broadcast_validation_set(fabric, val_shards, tcfg.val_samples, seed, KEY, shards_dir)
@@ -253,26 +236,9 @@ def setup(
     return run
 
 
-# -- checkpoints ------------------------------------------------------------------------------
-
-
-def save_checkpoint(run: Run) -> Path:
-    own = {"progress": dict(run.progress), "scheduler": run.scheduler.state_dict(), "rng": rng_state()}
-    return ckpt.save_training_state(
-        run.fabric,
-        run.run_dir.checkpoints,
-        run.progress["step"],
-        run.raw_model,
-        run.optimizer,
-        own,
-        sharded=run.sharded,
-        keep_last=int(run.cfg.finetune.training.keep_last),
-    )
-
-
 def _resume(run: Run) -> None:
     max_steps = int(run.cfg.finetune.training.max_steps)
-    resume_latest(run, max_steps, f"{KEY}.max_steps", run.run_dir.checkpoints, "finetuning")
+    resume_latest(run, max_steps, f"{KEY}.max_steps", "finetuning")
 
 
 # -- data and loss ----------------------------------------------------------------------------
@@ -417,14 +383,9 @@ def fit(run: Run) -> dict:
     complete. An incomplete run leaves a checkpoint the same command resumes.
     """
     fabric, tcfg = run.fabric, run.cfg.finetune.training
-    log_every = max(1, int(run.cfg.logging.log_every_steps))
-    max_steps = int(tcfg.max_steps)
-    stop_at = max_steps
-    if tcfg.stop_after_steps is not None:
-        stop_at = min(max_steps, run.progress["step"] + int(tcfg.stop_after_steps))
-    val_every = int(tcfg.val_every_steps)
-    val_on = run.val_set is not None and val_every > 0
-    ckpt_every = int(tcfg.checkpoint_every_steps)
+    schedule = StepSchedule.of(
+        tcfg, run.cfg.logging.log_every_steps, run.progress["step"], validation=run.val_set is not None
+    )
     clip = float(tcfg.gradient_clip or 0.0)
     multi = fabric.world_size > 1
 
@@ -434,7 +395,7 @@ def fit(run: Run) -> dict:
     run.model.train()
     sums, steps_summed = torch.zeros(2, dtype=torch.float64), 0
     try:
-        while run.progress["step"] < stop_at:
+        while run.progress["step"] < schedule.stop_at:
             batch = next(batches)
             logits = _forward(run, batch)
             bins = _bins(run, batch["action"])
@@ -452,44 +413,34 @@ def fit(run: Run) -> dict:
             sums += torch.tensor([float(loss.detach()), float(accuracy)], dtype=torch.float64)
             steps_summed += 1
 
-            if step % log_every == 0 or step == stop_at:
+            if schedule.log_due(step):
                 mean = (sums / steps_summed).to(fabric.device)
                 if multi:
                     mean = fabric.all_reduce(mean, reduce_op="mean")
-                norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm
                 metrics = {
                     "train/loss": float(mean[0]),
                     "train/bin_accuracy": float(mean[1]),
                     "train/lr": lr,
-                    "train/grad_norm": float(norm) if norm is not None else float("nan"),
+                    "train/grad_norm": norm_value(grad_norm),
                 }
                 log_metrics(run.loggers, metrics, step=step)
                 if fabric.global_rank == 0:
                     log.info("step %d loss %.4f lr %.2e", step, metrics["train/loss"], lr)
                 sums, steps_summed = torch.zeros(2, dtype=torch.float64), 0
-            if val_on and (step % val_every == 0 or step == max_steps):
+            if schedule.val_due(step):
                 val = validate(run)
                 log_metrics(run.loggers, val, step=step)
                 metrics.update(val)
-            stopping = requeue.requested(fabric)
-            if (ckpt_every > 0 and step % ckpt_every == 0) or step == stop_at or stopping:
-                save_checkpoint(run)
-            if stopping:
-                if fabric.global_rank == 0:
-                    requeue.requeue()
+            if checkpoint_or_requeue(run, schedule, requeue, int(tcfg.keep_last)):
                 break
     finally:
         batches.close()
         requeue.close()
 
-    if run.progress["step"] < max_steps:
-        if fabric.global_rank == 0:
-            log.info(
-                "stopped at step %d of %d; rerun the same command to resume", run.progress["step"], max_steps
-            )
+    if stopped_early(run, schedule.max_steps):
         return {"complete": False, "step": run.progress["step"], **metrics}
     val_metrics = {k: v for k, v in metrics.items() if k.startswith("val/")}
-    if val_on and not val_metrics:  # resumed a finished run
+    if schedule.validates and not val_metrics:  # resumed a finished run
         val_metrics = validate(run)
     export(run, val_metrics)
     return {"complete": True, "step": run.progress["step"], **metrics, **val_metrics}

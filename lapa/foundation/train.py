@@ -18,9 +18,8 @@ starts the extra process itself (gloo).
 from __future__ import annotations
 
 import logging
-import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,21 +31,24 @@ from lapa.data.pipeline import broadcast_validation_set
 from lapa.data.stream import train_stream, validation_shards
 from lapa.foundation.data import LabelSpec, check_batch, label_spec, preflight_shards
 from lapa.foundation.metrics import LatentAccuracy
-from lapa.utils import checkpoint as ckpt
 from lapa.utils.run import (
+    FabricRun,
     RequeueSignal,
-    RunDir,
     RunIdentity,
+    StepSchedule,
+    checkpoint_or_requeue,
     config_values,
+    default_workdir,
     finalize_loggers,
     lockstep,
     log_metrics,
     make_loggers,
-    open_run_dir,
+    norm_value,
+    open_fabric_run_dir,
     resume_latest,
-    rng_state,
     run_identity,
     set_cpu_threads,
+    stopped_early,
 )
 from lapa.vla.parallelize import RunPlan, full_state_dict, local_parameter_count, make_fabric, plan_run
 
@@ -56,16 +58,9 @@ KEY = "foundation.training"
 
 
 @dataclass
-class Run:
-    """Everything ``fit`` needs, built by ``setup``."""
+class Run(FabricRun):
+    """Everything ``fit`` needs, built by ``setup`` (``model``: the VLAModel)."""
 
-    fabric: Any
-    plan: RunPlan
-    cfg: Any  # the whole experiment config
-    model: Any  # Fabric-wrapped VLAModel
-    raw_model: Any
-    optimizer: Any
-    scheduler: Any
     processor: Any
     tokenizer: Any
     spec: LabelSpec
@@ -77,22 +72,6 @@ class Run:
     micro_per_epoch: int
     seed: int
     out_dir: Path
-    run_dir: RunDir
-    loggers: list = field(default_factory=list)  # rank 0 only
-    progress: dict = field(default_factory=lambda: {"step": 0, "epoch": 0, "batch_in_epoch": 0})
-
-    @property
-    def ckpt_dir(self) -> Path:
-        return self.run_dir.checkpoints
-
-    @property
-    def sharded(self) -> bool:
-        return self.plan.strategy == "fsdp2"
-
-
-def default_workdir(out_dir: str | os.PathLike) -> Path:
-    out = Path(out_dir)
-    return out.parent / f"{out.name}.work"
 
 
 def accumulation_steps(tcfg: Any, world_size: int) -> int:
@@ -110,15 +89,6 @@ def identity(cfg: Any, backbones_dir, shards_dir, cache_dir=None) -> RunIdentity
     config = config_values(cfg, ["seed", "foundation", "data.loader"], not_in_identity(KEY))
     inputs = {"backbones": backbones_dir, "shards": shards_dir}
     return run_identity("foundation", inputs, config, cache_dir=cache_dir)
-
-
-def open_run(fabric: Any, cfg: Any, backbones_dir, shards_dir, workdir: Path) -> RunDir:
-    """Rank 0 fingerprints the inputs and makes the run folder; every rank gets its place."""
-    ident = identity(cfg, backbones_dir, shards_dir, workdir) if fabric.global_rank == 0 else None
-    ident = fabric.broadcast(ident)
-    run_dir = open_run_dir(workdir, ident, create=fabric.global_rank == 0)
-    fabric.barrier()
-    return run_dir
 
 
 def setup(fabric: Any, plan: RunPlan, cfg: Any, backbones_dir, shards_dir, out_dir, workdir=None) -> Run:
@@ -150,7 +120,7 @@ def setup(fabric: Any, plan: RunPlan, cfg: Any, backbones_dir, shards_dir, out_d
     accumulation = accumulation_steps(tcfg, fabric.world_size)
     seed = int(tcfg.seed if tcfg.seed is not None else cfg.seed)
     val_set = broadcast_validation_set(fabric, val_shards, tcfg.val_samples, seed, KEY, shards_dir)
-    run_dir = open_run(fabric, cfg, backbones_dir, shards_dir, workdir)
+    run_dir = open_fabric_run_dir(fabric, lambda: identity(cfg, backbones_dir, shards_dir, workdir), workdir)
 
     # Under FSDP2 the Llama is built on the meta device and each rank later reads only its own
     # rows of the backbone weights (lapa.vla.meta): no rank ever holds the whole model.
@@ -222,27 +192,9 @@ def _write_rank_layout(workdir: Path, fabric, plan: RunPlan, raw, total: int, ll
     atomic_write_json(workdir / "ranks" / f"rank-{fabric.global_rank}.json", layout)
 
 
-# -- checkpoints ------------------------------------------------------------------------------
-
-
-def save_checkpoint(run: Run) -> Path:
-    """A resumable (sharded under FSDP2) checkpoint of this step, written atomically."""
-    own = {"progress": dict(run.progress), "scheduler": run.scheduler.state_dict(), "rng": rng_state()}
-    return ckpt.save_training_state(
-        run.fabric,
-        run.ckpt_dir,
-        run.progress["step"],
-        run.raw_model,
-        run.optimizer,
-        own,
-        sharded=run.sharded,
-        keep_last=int(run.cfg.foundation.training.keep_last),
-    )
-
-
 def _resume(run: Run) -> None:
     max_steps = int(run.cfg.foundation.training.max_steps)
-    resume_latest(run, max_steps, f"{KEY}.max_steps", run.ckpt_dir)
+    resume_latest(run, max_steps, f"{KEY}.max_steps")
 
 
 # -- data -------------------------------------------------------------------------------------
@@ -325,20 +277,15 @@ def fit(run: Run) -> dict:
     complete. An incomplete run leaves a checkpoint that the same command resumes.
     """
     fabric, tcfg = run.fabric, run.cfg.foundation.training
-    log_every = max(1, int(run.cfg.logging.log_every_steps))
-    max_steps = int(tcfg.max_steps)
-    stop_at = max_steps
-    if tcfg.stop_after_steps is not None:
-        stop_at = min(max_steps, run.progress["step"] + int(tcfg.stop_after_steps))
-    val_every = int(tcfg.val_every_steps)
-    val_on = run.val_set is not None and val_every > 0
-    ckpt_every = int(tcfg.checkpoint_every_steps)
+    schedule = StepSchedule.of(
+        tcfg, run.cfg.logging.log_every_steps, run.progress["step"], validation=run.val_set is not None
+    )
     clip = float(tcfg.gradient_clip or 0.0)
     multi = fabric.world_size > 1
     samples_per_step = int(tcfg.batch_size_per_device) * fabric.world_size * run.accumulation
 
     metrics: dict[str, float] = {}
-    if val_on and run.progress["step"] == 0:
+    if schedule.validates and run.progress["step"] == 0:
         metrics = {f"val/{k}": v for k, v in validate(run).items()}
         log_metrics(run.loggers, metrics, step=0)
     requeue = RequeueSignal()
@@ -346,7 +293,7 @@ def fit(run: Run) -> dict:
     run.model.train()
     loss_sum, loss_count, t0, steps_timed = 0.0, 0, time.perf_counter(), 0
     try:
-        while run.progress["step"] < stop_at:
+        while run.progress["step"] < schedule.stop_at:
             for micro in range(run.accumulation):
                 batch = next(batches)
                 inputs, targets = _inputs(run, batch)
@@ -365,23 +312,22 @@ def fit(run: Run) -> dict:
             step = run.progress["step"]
             steps_timed += 1
 
-            if step % log_every == 0 or step == stop_at:
+            if schedule.log_due(step):
                 stats = torch.tensor([loss_sum, float(loss_count)], device=fabric.device)
                 if multi:
                     stats = fabric.all_reduce(stats, reduce_op="sum")
                 elapsed = time.perf_counter() - t0
-                norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm
                 metrics = {
                     "train/loss": float(stats[0] / stats[1]),
                     "train/lr": run.scheduler.get_last_lr()[0],
-                    "train/grad_norm": float(norm) if norm is not None else float("nan"),
+                    "train/grad_norm": norm_value(grad_norm),
                     "train/samples_per_s": samples_per_step * steps_timed / max(elapsed, 1e-9),
                 }
                 log_metrics(run.loggers, metrics, step=step)
                 if fabric.global_rank == 0:
                     log.info("step %d loss %.4f lr %.2e", step, metrics["train/loss"], metrics["train/lr"])
                 loss_sum, loss_count, t0, steps_timed = 0.0, 0, time.perf_counter(), 0
-            if val_on and (step % val_every == 0 or step == max_steps):
+            if schedule.val_due(step):
                 val = {f"val/{k}": v for k, v in validate(run).items()}
                 log_metrics(run.loggers, val, step=step)
                 metrics.update(val)
@@ -396,24 +342,15 @@ def fit(run: Run) -> dict:
                         val["val/top3_majority"],
                         val["val/samples"],
                     )
-            stopping = requeue.requested(fabric)
-            if (ckpt_every > 0 and step % ckpt_every == 0) or step == stop_at or stopping:
-                save_checkpoint(run)
-            if stopping:
-                if fabric.global_rank == 0:
-                    requeue.requeue()
+            if checkpoint_or_requeue(run, schedule, requeue, int(tcfg.keep_last)):
                 break
     finally:
         batches.close()
         requeue.close()
 
-    if run.progress["step"] < max_steps:
-        if fabric.global_rank == 0:
-            log.info(
-                "stopped at step %d of %d; rerun the same command to resume", run.progress["step"], max_steps
-            )
+    if stopped_early(run, schedule.max_steps):
         return {"complete": False, "step": run.progress["step"], **metrics}
-    if val_on and not any(k.startswith("val/") for k in metrics):  # resumed a finished run
+    if schedule.validates and not any(k.startswith("val/") for k in metrics):  # resumed a finished run
         metrics.update({f"val/{k}": v for k, v in validate(run).items()})
     export(run, metrics)
     return {"complete": True, "step": run.progress["step"], **metrics}

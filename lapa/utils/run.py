@@ -15,6 +15,11 @@ Run identity
 
 File digests are cached in ``<workdir>/digests.json`` by (path, size, mtime, inode), so a rerun
 does not read its inputs again.
+
+The Fabric loops (foundation, finetuning)
+    Their run state is a ``FabricRun``; ``save_checkpoint`` and ``resume_latest`` write and restore
+    it, ``StepSchedule`` says at which steps a loop logs, validates, checkpoints and stops, and
+    ``checkpoint_or_requeue`` ends each step (Slurm's requeue signal included).
 """
 
 from __future__ import annotations
@@ -27,13 +32,14 @@ import random
 import signal
 import subprocess
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from lapa.utils import checkpoint as ckpt
 from lapa.utils.io import atomic_write_json
 
 log = logging.getLogger(__name__)
@@ -240,6 +246,12 @@ class RunDir:
         return self.path / "logs"
 
 
+def default_workdir(out_dir: str | os.PathLike) -> Path:
+    """``<out>.work`` beside ``out_dir``: where a Fabric stage keeps its run folders unless told."""
+    out = Path(out_dir)
+    return out.parent / f"{out.name}.work"
+
+
 def _read_record(path: Path) -> dict | None:
     try:
         return json.loads(path.read_text())
@@ -288,6 +300,21 @@ def open_run_dir(workdir: str | os.PathLike, identity: RunIdentity, *, create: b
     if create:
         atomic_write_json(workdir / CURRENT_FILE, {"run": path.name, "stage": identity.stage})
     return RunDir(workdir, path, identity)
+
+
+def open_fabric_run_dir(
+    fabric: Any, identity: Callable[[], RunIdentity], workdir: str | os.PathLike
+) -> RunDir:
+    """``open_run_dir`` for every rank of a Fabric run (collective).
+
+    Rank 0 alone calls ``identity()`` (it reads every input file), makes the folder and broadcasts
+    the identity; the other ranks get the same ``RunDir`` without writing. Returns after a barrier,
+    so the folder exists on every rank.
+    """
+    ident = identity() if fabric.global_rank == 0 else None
+    run_dir = open_run_dir(workdir, fabric.broadcast(ident), create=fabric.global_rank == 0)
+    fabric.barrier()
+    return run_dir
 
 
 def check_resumable(step: int, max_steps: int, key: str, checkpoint: Path, run: RunDir) -> None:
@@ -488,16 +515,65 @@ def lockstep(fabric: Any, batches):
             yield batch, True
 
 
-def resume_latest(run: Any, max_steps: int, key: str, ckpt_dir: Path, what: str = "") -> None:
-    """Restore a Fabric run (model, optimiser, scheduler, RNG, ``run.progress``) from its newest
-    complete checkpoint in ``ckpt_dir``, if there is one; stale partial checkpoints are removed.
+# -- the state of a Fabric loop ---------------------------------------------------------------------
 
-    ``run`` has ``fabric``, ``raw_model``, ``optimizer``, ``scheduler``, ``sharded``, ``run_dir``
-    and ``progress``. Raises (via ``check_resumable``) when the checkpoint is past ``max_steps``.
+
+def _fresh_progress() -> dict:
+    return {"step": 0, "epoch": 0, "batch_in_epoch": 0}
+
+
+@dataclass(kw_only=True)
+class FabricRun:
+    """What the plumbing of a Fabric training loop reads; each stage's ``Run`` adds its own fields.
+
+    ``progress`` is ``{"step", "epoch", "batch_in_epoch"}`` (optimizer steps done, and the data
+    position of ``resumable_batches``); it is what a checkpoint records beside the weights.
     """
-    from lapa.utils import checkpoint as ckpt
 
-    fabric = run.fabric
+    fabric: Any
+    plan: Any  # lapa.vla.parallelize.RunPlan
+    cfg: Any  # the whole experiment config
+    model: Any  # the Fabric-wrapped network
+    raw_model: Any  # the module inside it (its parameters are DTensor shards under FSDP2)
+    optimizer: Any
+    scheduler: Any
+    run_dir: RunDir
+    loggers: list = field(default_factory=list)  # rank 0 only
+    progress: dict = field(default_factory=_fresh_progress)
+
+    @property
+    def sharded(self) -> bool:
+        return self.plan.strategy == "fsdp2"
+
+
+def save_checkpoint(run: FabricRun, keep_last: int) -> Path:
+    """Checkpoint the run at its current step in ``run_dir/checkpoints`` (collective; every rank calls it).
+
+    Weights and optimizer (sharded under FSDP2) plus each rank's progress, scheduler and random
+    generators (``lapa.utils.checkpoint.save_training_state``); the newest ``keep_last`` are kept.
+    Returns the checkpoint directory.
+    """
+    own = {"progress": dict(run.progress), "scheduler": run.scheduler.state_dict(), "rng": rng_state()}
+    return ckpt.save_training_state(
+        run.fabric,
+        run.run_dir.checkpoints,
+        run.progress["step"],
+        run.raw_model,
+        run.optimizer,
+        own,
+        sharded=run.sharded,
+        keep_last=keep_last,
+    )
+
+
+def resume_latest(run: FabricRun, max_steps: int, key: str, what: str = "") -> None:
+    """Restore a Fabric run (model, optimiser, scheduler, RNG, ``run.progress``) from its newest
+    complete checkpoint in ``run_dir/checkpoints``, if there is one; stale partial checkpoints are
+    removed. ``key`` names ``max_steps`` in messages, ``what`` the run in the log.
+
+    Raises (via ``check_resumable``) when the checkpoint is past ``max_steps``.
+    """
+    fabric, ckpt_dir = run.fabric, run.run_dir.checkpoints
     latest = None
     if fabric.global_rank == 0:
         ckpt.remove_stale(ckpt_dir)
@@ -514,3 +590,79 @@ def resume_latest(run: Any, max_steps: int, key: str, ckpt_dir: Path, what: str 
     run.progress = dict(own["progress"])
     if fabric.global_rank == 0:
         log.info("resumed %sfrom %s at step %d", f"{what} " if what else "", latest, run.progress["step"])
+
+
+# -- the step loop ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StepSchedule:
+    """When a step-based loop logs, validates, checkpoints and stops; steps count from 1.
+
+    ``max_steps`` ends the run; ``stop_at`` ends this invocation (``max_steps``, or
+    ``stop_after_steps`` past the step it resumed at); ``log_every`` >= 1; ``val_every`` <= 0
+    is no validation; ``ckpt_every`` 0 checkpoints only where the invocation stops.
+    """
+
+    max_steps: int
+    stop_at: int
+    log_every: int
+    val_every: int
+    ckpt_every: int
+
+    @classmethod
+    def of(cls, tcfg: Any, log_every_steps: int, step: int, validation: bool) -> StepSchedule:
+        """From a stage's training section (``max_steps``, ``stop_after_steps``, ``val_every_steps``,
+        ``checkpoint_every_steps``), ``logging.log_every_steps``, the step the run is at and
+        whether it has a validation set."""
+        max_steps = int(tcfg.max_steps)
+        stop_at = max_steps
+        if tcfg.stop_after_steps is not None:
+            stop_at = min(max_steps, step + int(tcfg.stop_after_steps))
+        val_every = int(tcfg.val_every_steps) if validation else 0
+        return cls(
+            max_steps, stop_at, max(1, int(log_every_steps)), val_every, int(tcfg.checkpoint_every_steps)
+        )
+
+    @property
+    def validates(self) -> bool:
+        return self.val_every > 0
+
+    def log_due(self, step: int) -> bool:
+        return step % self.log_every == 0 or step == self.stop_at
+
+    def val_due(self, step: int) -> bool:
+        return self.validates and (step % self.val_every == 0 or step == self.max_steps)
+
+    def checkpoint_due(self, step: int) -> bool:
+        return (self.ckpt_every > 0 and step % self.ckpt_every == 0) or step == self.stop_at
+
+
+def checkpoint_or_requeue(
+    run: FabricRun, schedule: StepSchedule, requeue: RequeueSignal, keep_last: int
+) -> bool:
+    """End a step (collective): checkpoint when the schedule says so or when Slurm asked to requeue
+    (agreed over ranks), then have rank 0 requeue the job. True when the loop must stop now."""
+    stopping = requeue.requested(run.fabric)
+    if schedule.checkpoint_due(run.progress["step"]) or stopping:
+        save_checkpoint(run, keep_last)
+    if stopping and run.fabric.global_rank == 0:
+        requeue.requeue()
+    return stopping
+
+
+def stopped_early(run: FabricRun, max_steps: int) -> bool:
+    """True, said in the log, when the run stopped before ``max_steps`` (its checkpoint resumes it)."""
+    step = run.progress["step"]
+    if step >= max_steps:
+        return False
+    if run.fabric.global_rank == 0:
+        log.info("stopped at step %d of %d; rerun the same command to resume", step, max_steps)
+    return True
+
+
+def norm_value(norm: Any) -> float:
+    """A gradient norm from ``fabric.clip_gradients`` as a float: a DTensor (FSDP2) is gathered
+    first; None (no clipping) is NaN."""
+    norm = norm.full_tensor() if hasattr(norm, "full_tensor") else norm
+    return float(norm) if norm is not None else float("nan")
