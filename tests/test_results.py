@@ -281,3 +281,198 @@ def test_offline_bin_accuracy_sits_beside_its_chance_level(tmp_path):
     (odd / "metrics.json").write_text(json.dumps({**result, "num_samples": 12}))
     with pytest.raises(ValueError, match=r"arm 'action_pretrained'.*num_samples=12"):
         write_results([*inputs, str(odd)], tmp_path / "out2")
+
+
+# ------------------------------------------------------------------------- head and decoding
+HEAD = {"decoding": "expectation", "num_bins": 256, "label_sigma": 2.0, "l1_weight": 0.5}
+
+
+@pytest.mark.parametrize(
+    "key, other",
+    [("decoding", "argmax"), ("num_bins", 128), ("label_sigma", 0.0), ("l1_weight", 0.0)],
+)
+@pytest.mark.parametrize("kind", ["sim", "offline"])
+def test_arms_with_another_head_or_decoding_are_refused(tmp_path, key, other, kind):
+    def metrics(head):
+        if kind == "sim":
+            return _sim_metrics(dict.fromkeys(TASKS, 5), head=head)
+        return {
+            "num_samples": 40,
+            "mse": 0.1,
+            "bin_accuracy": 0.5,
+            "decoding": head["decoding"],
+            "head": head,
+        }
+
+    inputs = [_write(tmp_path, a, s, metrics(HEAD), kind) for a in ("scratch", "lapa") for s in (0, 1)]
+    odd = _write(tmp_path / "odd", "action_pretrained", 1, metrics({**HEAD, key: other}), kind)
+    others = [_write(tmp_path / "odd", "action_pretrained", 0, metrics(HEAD), kind), odd]
+    want = (
+        rf"arm 'action_pretrained' \(finetuning seed 1, {kind}\) evaluated a policy with {key}={other!r}, "
+        rf"but arm 'scratch' \(finetuning seed 0, {kind}, .*\) a policy with {key}={HEAD[key]!r}; "
+        "every arm must use the same head and decoding"
+    )
+    with pytest.raises(ValueError, match=want):
+        write_results([*inputs, *others], tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+    same = _write(tmp_path / "same", "action_pretrained", 1, metrics(HEAD), kind)
+    summary = write_results([*inputs, others[0], same], tmp_path / "out")  # identical settings: fine
+    assert summary["head"] == HEAD
+    md = (tmp_path / "out" / "results.md").read_text()
+    assert (
+        "Policies, the same for every arm: decoding expectation, bins per action dimension 256, "
+        "label smoothing sigma 2 bins, L1 weight 0.5." in md
+    )
+
+
+def test_the_closed_loop_and_offline_evaluations_of_an_arm_must_agree_too(tmp_path):
+    sim = [
+        _write(tmp_path, a, 0, _sim_metrics(dict.fromkeys(TASKS, 5), head=HEAD)) for a in ("scratch", "lapa")
+    ]
+    argmax = {**HEAD, "decoding": "argmax"}
+    offline = _write(
+        tmp_path, "lapa", 0, {"num_samples": 4, "mse": 0.1, "bin_accuracy": 0.5, "head": argmax}, "offline"
+    )
+    with pytest.raises(ValueError, match=r"arm 'lapa' \(finetuning seed 0, offline\).*decoding='argmax'"):
+        write_results([*sim, offline], tmp_path / "out")
+
+
+def test_evaluations_that_record_no_head_match_only_each_other(tmp_path):
+    old = [_write(tmp_path, a, 0, _sim_metrics(dict.fromkeys(TASKS, 5))) for a in ("scratch", "lapa")]
+    summary = write_results(old, tmp_path / "out")  # written before heads were recorded: alike
+    assert summary["head"] == dict.fromkeys(HEAD)
+    md = (tmp_path / "out" / "results.md").read_text()
+    assert "Policies: decoding and head settings not recorded by these evaluations" in md
+
+    new = _write(tmp_path / "new", "action_pretrained", 0, _sim_metrics(dict.fromkeys(TASKS, 5), head=HEAD))
+    with pytest.raises(ValueError) as err:
+        write_results([*old, new], tmp_path / "out2")
+    text = str(err.value)
+    assert (
+        "arm 'action_pretrained' (finetuning seed 0, sim) evaluated a policy with decoding='expectation'"
+        in text
+    )
+    assert "arm 'scratch' (finetuning seed 0, sim," in text and "a policy with decoding not recorded" in text
+    assert "evaluate it again" in text
+
+    # an offline report from before: its top-level decoding, nothing else
+    offline = [
+        _write(
+            tmp_path / "off",
+            a,
+            0,
+            {"num_samples": 4, "mse": 0.1, "bin_accuracy": 0.5, "decoding": d},
+            "offline",
+        )
+        for a, d in (("scratch", "expectation"), ("lapa", "argmax"))
+    ]
+    with pytest.raises(
+        ValueError, match=r"arm 'lapa'.*decoding='argmax'.*arm 'scratch'.*decoding='expectation'"
+    ):
+        write_results(offline, tmp_path / "out3")
+    summary = write_results([offline[0]], tmp_path / "out3")
+    assert summary["head"] == {**dict.fromkeys(HEAD), "decoding": "expectation"}
+    md = (tmp_path / "out3" / "results.md").read_text()
+    assert "decoding expectation, bins per action dimension not recorded, label smoothing sigma not" in md
+
+
+@pytest.fixture(scope="module")
+def untrained_policy(tmp_path_factory):
+    import torch
+
+    from tests.fixtures.policy import make_tiny_inputs, make_untrained_policy, tiny_config
+
+    torch.set_num_threads(2)
+    root = tmp_path_factory.mktemp("head")
+    cfg = tiny_config()
+    inputs = make_tiny_inputs(root, cfg)
+    return cfg, inputs, make_untrained_policy(cfg, inputs, root / "policy")
+
+
+def _policy_copy(src: Path, dst: Path, **config) -> Path:
+    """A copy of policy directory ``src`` whose config.json is updated with ``config``."""
+    import shutil
+
+    shutil.copytree(src, dst)
+    blob = json.loads((dst / "config.json").read_text())
+    blob.update(config)
+    (dst / "config.json").write_text(json.dumps(blob))
+    return dst
+
+
+def test_offline_reports_record_the_policys_head_and_results_refuse_another_decoding(
+    untrained_policy, tmp_path
+):
+    from lapa.evaluation.head import head_settings
+    from lapa.evaluation.offline import evaluate_offline
+    from lapa.policy import LAPAPolicy
+
+    cfg, inputs, path = untrained_policy
+    target = {"target": {"label_sigma": 2.0, "l1_weight": 0.5}}
+    policies = {
+        arm: LAPAPolicy.from_pretrained(
+            _policy_copy(path, tmp_path / arm, decoding=decoding, training=target)
+        )
+        for arm, decoding in (
+            ("scratch", "expectation"),
+            ("lapa", "expectation"),
+            ("action_pretrained", "argmax"),
+        )
+    }
+    evals = {}
+    for arm, policy in policies.items():
+        evals[arm] = tmp_path / "eval" / arm / "offline"
+        metrics = evaluate_offline(policy, inputs["shards"], evals[arm], cfg.data.loader, plot_episodes=1)
+        assert metrics["head"] == head_settings(policy)
+        assert json.loads((evals[arm] / "metrics.json").read_text())["head"] == metrics["head"]
+    assert policies["lapa"].stats.num_bins == 256
+    assert json.loads((evals["lapa"] / "metrics.json").read_text())["head"] == HEAD
+    assert head_settings(LAPAPolicy.from_pretrained(path)) == {  # records neither decoding nor targets
+        "decoding": "argmax",
+        "num_bins": 256,
+        "label_sigma": None,
+        "l1_weight": None,
+    }
+
+    summary = write_results([str(evals["scratch"]), str(evals["lapa"])], tmp_path / "out")
+    assert summary["head"] == HEAD
+    with pytest.raises(
+        ValueError, match=r"arm 'action_pretrained'.*decoding='argmax'.*decoding='expectation'"
+    ):
+        write_results([str(e) for e in evals.values()], tmp_path / "out2")
+    # the same policy evaluated with another decoding is another comparison too
+    forced = evaluate_offline(
+        policies["lapa"],
+        inputs["shards"],
+        tmp_path / "forced" / "lapa" / "offline",
+        cfg.data.loader,
+        plot_episodes=1,
+        decoding="argmax",
+    )
+    assert forced["head"] == {**HEAD, "decoding": "argmax"}
+
+
+@pytest.mark.sim
+def test_closed_loop_reports_record_the_policys_head(untrained_policy, tmp_path):
+    pytest.importorskip("metaworld")
+    from lapa.config import load_config
+    from lapa.evaluation.closed_loop import evaluate_policy
+    from lapa.policy import LAPAPolicy
+    from lapa.sim.policies import ExpertPolicy
+
+    _, _, path = untrained_policy
+    sim = load_config("default", ["sim.image_size=32", "sim.max_steps=3", "sim.save_videos=0"]).sim
+    policy = LAPAPolicy.from_pretrained(_policy_copy(path, tmp_path / "p", decoding="expectation"))
+    run = {"tasks": ["reach-v3"], "episodes_per_task": 1, "seed": sim.eval_seed, "progress": False}
+    metrics = evaluate_policy(policy, sim, out_dir=tmp_path / "eval" / "lapa" / "sim", **run)
+    assert metrics["head"] == {
+        "decoding": "expectation",
+        "num_bins": 256,
+        "label_sigma": None,
+        "l1_weight": None,
+    }
+    expert = evaluate_policy(ExpertPolicy(), sim, out_dir=tmp_path / "eval" / "scratch" / "sim", **run)
+    assert expert["head"] is None  # a scripted policy has no binned head
+    with pytest.raises(ValueError, match=r"arm 'lapa'.*decoding='expectation'.*decoding not recorded"):
+        write_results([str(tmp_path / "eval" / a / "sim") for a in ("scratch", "lapa")], tmp_path / "out")

@@ -25,7 +25,13 @@ seed, e.g.
 
 Arms evaluated differently are refused with an error naming the arm and the field: tasks,
 episodes per task, evaluation seed range, step cap, camera, image size, confidence, the set of
-finetuning seeds (and for offline evaluations the number of held-out samples).
+finetuning seeds (and for offline evaluations the number of held-out samples). So are arms whose
+policies turn logits into actions differently or were trained with another head: every
+evaluation records the policy's decoding, number of bins, label smoothing sigma and L1 weight
+(metrics.json "head"), and all must agree; the error names both arms, the key and both values.
+An evaluation that records none of these (written before they were recorded, or of a scripted
+policy) matches only others that record none: evaluate it again to compare it with recorded ones.
+results.md names the decoding and head settings the arms share.
 """
 
 

@@ -186,10 +186,12 @@ def evaluate_policy(
     (per-task and overall success with Wilson intervals), ``episodes.csv`` and the first
     ``save_videos`` rollouts of each task under ``videos/``; it appears only when complete. The
     policy sees ``observation(frame)`` (e.g. ``ShardObservation``), else the rendered frame;
-    ``metrics.json`` records which under ``observation``.
+    ``metrics.json`` records which under ``observation``, and the policy's decoding and head
+    settings under ``head`` (``lapa.evaluation.head``).
     """
     from tqdm import tqdm
 
+    from lapa.evaluation.head import head_settings
     from lapa.sim.env import MetaWorldEnv
     from lapa.sim.video import write_mp4
 
@@ -238,6 +240,7 @@ def evaluate_policy(
             per_task[task]["mean_steps_to_success"] = float(np.mean(steps)) if steps else None
         metrics = {
             "policy": policy_name or type(policy).__name__,
+            "head": head_settings(policy),  # decoding and head settings; None: no binned head
             "overall": _rate(sum(r["success"] for r in rows), len(rows), confidence),
             "per_task": per_task,
             "confidence": confidence,

@@ -104,7 +104,9 @@ def evaluate_offline(
 
     The headline figures decode with ``decoding`` (default: the policy's recorded one,
     ``policy.decoding``); ``mse_by_decoding`` gives the MSE of every decoding on the same logits.
+    ``head`` records that decoding and the policy's head settings (``lapa.evaluation.head``).
     """
+    from lapa.evaluation.head import head_settings
     from lapa.vla.heads import check_decoding
 
     decoding = check_decoding(decoding or policy.decoding)
@@ -119,6 +121,7 @@ def evaluate_offline(
     metrics.update(
         {
             "decoding": decoding,
+            "head": head_settings(policy, decoding),
             "mse_by_decoding": {d: m["mse"] for d, m in by_decoding.items()},
             "mse_per_dim_by_decoding": {d: m["mse_per_dim"] for d, m in by_decoding.items()},
             "split": split,

@@ -6,8 +6,13 @@ arm and finetuning seed, named ``[ARM[@SEED]=]DIR``: without a label the arm is 
 ``DIR`` (``.../eval/<arm>/sim``), or the one above a ``seed<N>`` folder
 (``.../eval/<arm>/seed<N>/sim``, finetuning seed N). Arms must have been evaluated alike (same
 tasks, episodes per task, evaluation seeds, step cap, camera, image size, observation path and
-finetuning seeds);
-anything else is refused, naming the arm and the field.
+finetuning seeds) and with the same head and decoding: every evaluation, closed loop and offline,
+of every arm must record the same ``head`` (``lapa.evaluation.head``: decoding, number of bins,
+label smoothing sigma, L1 weight). Anything else is refused, naming the arms, the field and both
+values. A setting an evaluation does not record (one written before reports recorded the head, or
+a scripted policy without a binned head) counts as a value of its own, "not recorded": it matches
+only another unrecorded one, so recorded and unrecorded evaluations are never mixed; evaluate
+such an arm again to record it. ``results.md`` names the settings every arm shares.
 
 Statistics:
 
@@ -37,6 +42,7 @@ from pathlib import Path
 import numpy as np
 
 from lapa.evaluation.closed_loop import wilson_interval
+from lapa.evaluation.head import HEAD_KEYS, recorded_head
 from lapa.utils.io import atomic_directory, atomic_write_json, atomic_write_text, read_json_object
 
 log = logging.getLogger(__name__)
@@ -148,6 +154,80 @@ def check_comparable(arms: dict[str, ArmResults]) -> None:
                     f"arm {arm!r} has {kind} evaluations for finetuning seeds {have}, but arm {ref_arm!r} "
                     f"for {ref_seeds}; every arm must be finetuned and evaluated on the same seeds"
                 )
+    check_heads(arms)
+
+
+def _head_runs(arms: dict[str, ArmResults]) -> list[tuple[str, str, str, dict]]:
+    """(arm, kind, seed, recorded head) of every evaluation: the reference arm's first (closed
+    loop before offline, seeds in order), then the other arms' in their order."""
+    runs = [
+        (arm, kind, seed, recorded_head(metrics))
+        for arm, res in arms.items()
+        for kind in ("sim", "offline")
+        for seed, metrics in sorted(getattr(res, kind).items(), key=lambda kv: _seed_key(kv[0]))
+    ]
+    runs.sort(key=lambda run: run[0] != REFERENCE_ARM)  # stable
+    return runs
+
+
+def _setting(key: str, value) -> str:
+    return f"{key} not recorded" if value is None else f"{key}={value!r}"
+
+
+def check_heads(arms: dict[str, ArmResults]) -> None:
+    """Refuse evaluations whose policies differ in any of ``HEAD_KEYS`` (decoding, bins, targets).
+
+    A ValueError names both evaluations (arm, finetuning seed, kind, directory), the key and both
+    values; an unrecorded value (None) differs from every recorded one.
+    """
+    runs = _head_runs(arms)
+    if not runs:
+        return
+    ref_arm, ref_kind, ref_seed, ref = runs[0]
+    ref_path = arms[ref_arm].paths[(ref_kind, ref_seed)]
+    for arm, kind, seed, head in runs[1:]:
+        for key in HEAD_KEYS:
+            if head[key] != ref[key]:
+                hint = (
+                    " (an evaluation that does not record it was written before evaluations recorded "
+                    "the policy's head, or is of a policy without a binned head: evaluate it again)"
+                    if head[key] is None or ref[key] is None
+                    else ""
+                )
+                raise ValueError(
+                    f"{arms[arm].paths[(kind, seed)]}: arm {arm!r} (finetuning seed {seed}, {kind}) "
+                    f"evaluated a policy with {_setting(key, head[key])}, but arm {ref_arm!r} (finetuning "
+                    f"seed {ref_seed}, {ref_kind}, {ref_path}) a policy with {_setting(key, ref[key])}"
+                    f"{hint}; every arm must use the same head and decoding"
+                )
+
+
+def shared_head(arms: dict[str, ArmResults]) -> dict | None:
+    """The head settings every evaluation shares (after ``check_heads``); None without evaluations."""
+    runs = _head_runs(arms)
+    return dict(runs[0][3]) if runs else None
+
+
+_HEAD_TEXT = (
+    ("decoding", "decoding", ""),
+    ("num_bins", "bins per action dimension", ""),
+    ("label_sigma", "label smoothing sigma", " bins"),
+    ("l1_weight", "L1 weight", ""),
+)
+
+
+def describe_head(head: dict | None) -> str:
+    """The sentence of results.md naming the decoding and head settings every arm shares."""
+    if head is None:
+        return ""
+    if all(head[key] is None for key in HEAD_KEYS):
+        return "Policies: decoding and head settings not recorded by these evaluations (for any arm)."
+    parts = []
+    for key, text, unit in _HEAD_TEXT:
+        value = head[key]
+        shown = value if isinstance(value, str) or value is None else f"{value:g}"
+        parts.append(f"{text} not recorded" if value is None else f"{text} {shown}{unit}")
+    return f"Policies, the same for every arm: {', '.join(parts)}."
 
 
 # ------------------------------------------------------------------------------------------ success
@@ -453,6 +533,9 @@ def render_markdown(
     title: str,
 ) -> str:
     lines = [f"# {title}", ""]
+    head = describe_head(shared_head(arms))
+    if head:
+        lines += [head, ""]
     sim_arms = [a for a, r in arms.items() if r.sim]
     if sim_arms:
         first = next(iter(arms[sim_arms[0]].sim.values()))
@@ -622,6 +705,7 @@ def write_results(
         atomic_write_text(tmp / "foundation.csv", _csv(found, found_fields))
         summary = {
             "arms": list(arms),
+            "head": shared_head(arms),
             "success": success,
             "success_by_seed": by_seed,
             "comparison": comparison,
