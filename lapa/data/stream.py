@@ -1,5 +1,5 @@
 """The data of the step-based Fabric loops (foundation, finetuning): a resumable training stream
-and the validation split.
+and the validation split and batches.
 
 Training data comes in loader epochs of a fixed number of batches per rank, epoch ``e`` drawn
 with seed (seed, rank, e) alone: the stream depends neither on the model nor on any global random
@@ -12,10 +12,11 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Iterator
+from typing import Any
 
 from lapa.config.data import LoaderConfig
-from lapa.data.pipeline import list_shards, make_loader
-from lapa.utils.run import resumable_batches
+from lapa.data.pipeline import ValidationSet, list_shards, make_loader
+from lapa.utils.run import lockstep, resumable_batches
 
 log = logging.getLogger(__name__)
 
@@ -69,3 +70,21 @@ def validation_shards(shards_dir: str | os.PathLike, samples: int | None, every_
     except FileNotFoundError:
         log.warning("%s has no val split: training without validation", shards_dir)
         return []
+
+
+def validation_batches(
+    val_set: ValidationSet, task: str, loader_cfg: LoaderConfig, fabric: Any
+) -> Iterator[tuple[dict, bool]]:
+    """This rank's contiguous part of ``val_set`` as ``(batch, counted)``, in lockstep with the other
+    ranks (``lapa.utils.run.lockstep``: a rank that has run out repeats its last batch uncounted,
+    since a sharded forward is collective)."""
+    loader = make_loader(
+        val_set.shards,
+        task,
+        loader_cfg,
+        train=False,
+        rank=fabric.global_rank,
+        world_size=fabric.world_size,
+        entries=val_set,
+    )
+    return lockstep(fabric, loader)

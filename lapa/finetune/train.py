@@ -30,7 +30,7 @@ import torch
 from lapa.config.training import not_in_identity
 from lapa.data.action_codec import ActionStats
 from lapa.data.pipeline import broadcast_validation_set
-from lapa.data.stream import train_stream, validation_shards
+from lapa.data.stream import train_stream, validation_batches, validation_shards
 from lapa.utils.run import (
     FabricRun,
     RequeueSignal,
@@ -40,7 +40,6 @@ from lapa.utils.run import (
     config_values,
     default_workdir,
     finalize_loggers,
-    lockstep,
     log_metrics,
     make_loggers,
     norm_value,
@@ -311,7 +310,6 @@ def validate(run: Run) -> dict[str, float]:
     ``val/loss`` is the plain cross-entropy whatever the target; ``val/action_mse`` decodes with
     ``finetune.decoding``.
     """
-    from lapa.data.pipeline import make_loader
     from lapa.evaluation.metrics import ActionMetrics
     from lapa.vla.heads import binned_cross_entropy, decode_actions
 
@@ -319,17 +317,8 @@ def validate(run: Run) -> dict[str, float]:
     decoding = str(run.cfg.finetune.decoding)
     metrics = ActionMetrics(run.stats)
     loss_sum = 0.0
-    loader = make_loader(
-        run.val_set.shards,
-        task="low_level",
-        cfg=run.loader_cfg,
-        train=False,
-        rank=fabric.global_rank,
-        world_size=fabric.world_size,
-        entries=run.val_set,
-    )
     run.model.eval()
-    for batch, counted in lockstep(fabric, loader):
+    for batch, counted in validation_batches(run.val_set, "low_level", run.loader_cfg, fabric):
         logits = _forward(run, batch)
         if counted:
             loss = binned_cross_entropy(logits, _bins(run, batch["action"]))

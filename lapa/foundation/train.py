@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 from lapa.config.training import not_in_identity
 from lapa.data.pipeline import broadcast_validation_set
-from lapa.data.stream import train_stream, validation_shards
+from lapa.data.stream import train_stream, validation_batches, validation_shards
 from lapa.foundation.data import LabelSpec, check_batch, label_spec, preflight_shards
 from lapa.foundation.metrics import LatentAccuracy
 from lapa.utils.run import (
@@ -40,7 +40,6 @@ from lapa.utils.run import (
     config_values,
     default_workdir,
     finalize_loggers,
-    lockstep,
     log_metrics,
     make_loggers,
     norm_value,
@@ -237,25 +236,14 @@ def validate(run: Run) -> dict[str, float]:
 
     The set (``run.val_set``) is the whole val split or its seeded sample stratified by task
     (``foundation.training.val_samples``); each rank reads its own contiguous part, ranks step in
-    lockstep (``lockstep``) and sum their counts before the figures are computed. Chance:
+    lockstep (``validation_batches``) and sum their counts before the figures are computed. Chance:
     ``top{k}_uniform`` (k / vocab) and ``top{k}_majority`` (always the k commonest codes of each
     position of the validated targets); ``samples`` is the number of samples validated.
     """
-    from lapa.data.pipeline import make_loader
-
     fabric = run.fabric
     acc = LatentAccuracy(run.spec.num_tokens, run.spec.vocab_size)
-    loader = make_loader(
-        run.val_set.shards,
-        "foundation",
-        run.loader_cfg,
-        train=False,
-        rank=fabric.global_rank,
-        world_size=fabric.world_size,
-        entries=run.val_set,
-    )
     run.model.eval()
-    for batch, counted in lockstep(fabric, loader):
+    for batch, counted in validation_batches(run.val_set, "foundation", run.loader_cfg, fabric):
         if counted:
             check_batch(batch, run.spec, run.val_shards)
         inputs, targets = _inputs(run, batch)
