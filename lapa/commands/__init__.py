@@ -50,6 +50,30 @@ def load_config_from_args(args: argparse.Namespace):
     return load_config(args.config, list(args.overrides or []))
 
 
+def add_workdir_argument(parser: argparse.ArgumentParser, default: str) -> None:
+    """``--workdir`` of a resumable training command (``lapa.utils.run``); ``default`` says in words
+    where the stage puts it when the option is left out."""
+    parser.add_argument(
+        "--workdir",
+        default=None,
+        help=f"checkpoints and logs, one folder per run identity (default: {default})",
+    )
+
+
+def add_device_argument(parser: argparse.ArgumentParser) -> None:
+    """``--device``, read back by ``device_from_args``."""
+    parser.add_argument(
+        "--device", default=None, help="torch device (default: cuda when available, else cpu)"
+    )
+
+
+def device_from_args(args: argparse.Namespace) -> str:
+    """``--device`` when given, else ``cuda`` when torch sees a GPU, else ``cpu`` (imports torch)."""
+    import torch
+
+    return args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="lapa",

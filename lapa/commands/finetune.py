@@ -6,7 +6,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from lapa.commands import add_config_arguments, load_config_from_args
+from lapa.commands import add_config_arguments, add_workdir_argument, load_config_from_args
 
 log = logging.getLogger(__name__)
 
@@ -29,11 +29,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--action-stats", required=True, help="action statistics JSON (lapa action-stats)")
     p.add_argument("--shards", required=True, help="demonstration shard directory (train/ and val/)")
     p.add_argument("--out", required=True, help="policy directory to write")
-    p.add_argument(
-        "--workdir",
-        default=None,
-        help="checkpoints and logs, one folder per run identity (default: <out>.work beside --out)",
-    )
+    add_workdir_argument(p, "<out>.work beside --out")
     add_config_arguments(p)
     p.set_defaults(func=run_finetune)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from lapa.commands import add_config_arguments, load_config_from_args
+from lapa.commands import add_config_arguments, add_workdir_argument, load_config_from_args
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -36,11 +36,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--shards", required=True, help="latent-labelled shard directory (train/, val/, info.json)"
     )
     p.add_argument("--out", required=True, help="consolidated foundation checkpoint directory to write")
-    p.add_argument(
-        "--workdir",
-        default=None,
-        help="checkpoints and logs, one folder per run identity (default: <out>.work beside --out)",
-    )
+    add_workdir_argument(p, "<out>.work beside --out")
     add_config_arguments(p)
     p.set_defaults(func=_run_train_foundation)
 

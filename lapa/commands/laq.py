@@ -5,7 +5,13 @@ from __future__ import annotations
 import argparse
 import logging
 
-from lapa.commands import add_config_arguments, load_config_from_args
+from lapa.commands import (
+    add_config_arguments,
+    add_device_argument,
+    add_workdir_argument,
+    device_from_args,
+    load_config_from_args,
+)
 
 log = logging.getLogger(__name__)
 
@@ -20,11 +26,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--shards", required=True, help="frame-pair shard directory")
     p.add_argument("--out", required=True, help="output checkpoint path (e.g. laq/laq.ckpt)")
-    p.add_argument(
-        "--workdir",
-        default=None,
-        help="checkpoints and logs, one folder per run identity (default: <out dir>/work)",
-    )
+    add_workdir_argument(p, "<out dir>/work")
     add_config_arguments(p)
     p.set_defaults(func=run_train)
 
@@ -49,7 +51,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "(action_source, action_source_counts)",
     )
     p.add_argument("--action-stats", default=None, help="action statistics JSON (targets=actions)")
-    p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    add_device_argument(p)
     add_config_arguments(p)
     p.set_defaults(func=run_label)
 
@@ -63,8 +65,6 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def run_label(args: argparse.Namespace) -> int:
-    import torch
-
     from lapa.laq.checkpoint import load_laq
     from lapa.laq.label import LAQTarget, label_shards
 
@@ -82,8 +82,8 @@ def run_label(args: argparse.Namespace) -> int:
     else:
         if args.checkpoint is None:
             raise ValueError("--checkpoint is required with --targets laq")
-        device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-        target, source = LAQTarget(load_laq(args.checkpoint), device), {"checkpoint": str(args.checkpoint)}
+        target = LAQTarget(load_laq(args.checkpoint), device_from_args(args))
+        source = {"checkpoint": str(args.checkpoint)}
     report = label_shards(
         args.shards,
         args.out,

@@ -6,7 +6,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from lapa.commands import add_config_arguments, load_config_from_args
+from lapa.commands import add_config_arguments, add_device_argument, device_from_args, load_config_from_args
 
 log = logging.getLogger(__name__)
 
@@ -24,7 +24,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--policy", required=True, help="policy directory (lapa finetune)")
     p.add_argument("--host", default=None, help="bind address (default serve.host, 127.0.0.1)")
     p.add_argument("--port", type=int, default=None, help="port (default serve.port, 8000)")
-    p.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
+    add_device_argument(p)
     p.add_argument(
         "--backend",
         choices=["torch", "onnx"],
@@ -52,12 +52,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run_export)
 
 
-def _device(value: str | None) -> str:
-    import torch
-
-    return value or ("cuda" if torch.cuda.is_available() else "cpu")
-
-
 def run_serve(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
@@ -82,7 +76,7 @@ def run_serve(args: argparse.Namespace) -> int:
 
     torch.set_num_threads(limits.threads)
     policy = LAPAPolicy.from_pretrained(
-        args.policy, device=_device(args.device), backend=limits.backend, threads=limits.threads
+        args.policy, device=device_from_args(args), backend=limits.backend, threads=limits.threads
     )
     serve(policy, limits, name=str(args.policy))
     return 0
