@@ -110,6 +110,51 @@ def test_shortcut_probe_tells_codes_that_carry_the_action_from_a_frame_that_give
     assert r["probe_chance"] == pytest.approx(chance)
 
 
+def test_incremental_probe_measures_what_the_codes_add_to_frame_t():
+    """Frame t gives the action away in part (as an expert's state does): codes that are the binned
+    action add the rest, codes drawn independently of the action add nothing."""
+    rng = np.random.default_rng(100)
+    actions = _expert_like_actions(24, 20, rng)
+    n = len(actions)
+    groups = np.repeat(np.arange(24), 20)
+    binned = M.bin_actions(actions, 4)
+    frame = rng.normal(size=(n, 8))
+    frame[:, :4] += 0.6 * binned  # a blurred view of the action
+    r = M.shortcut_probe(binned, actions, frame, 4, bins=4, groups=groups, seed=0)
+    assert r["probe_chance"] + 0.05 < r["probe_acc_frame"] < 0.8
+    assert r["probe_acc_codes_and_frame"] > 0.95
+    assert r["probe_gain_over_frame"] > 0.3 and r["probe_gain_over_frame_ci_low"] > 0
+    assert r["probe_gain_over_frame"] == pytest.approx(r["probe_acc_codes_and_frame"] - r["probe_acc_frame"])
+
+    r = M.shortcut_probe(rng.integers(0, 4, (n, 2)), actions, frame, 4, bins=4, groups=groups, seed=0)
+    assert r["probe_gain"] < -0.05  # the codes alone lose to frame t ...
+    assert abs(r["probe_gain_over_frame"]) < 0.05  # ... and add nothing to it
+    assert r["probe_gain_over_frame_ci_low"] < 0 < r["probe_gain_over_frame_ci_high"]
+
+
+def test_probe_keeps_its_earlier_figures():
+    """The figures the probe gave before the incremental fit joined its fold loop, to the bit."""
+    rng = np.random.default_rng(11)
+    actions = _expert_like_actions(12, 20, rng)
+    codes = rng.integers(0, 4, (len(actions), 2))
+    codes[:, 0] = np.where(rng.random(len(actions)) < 0.5, M.bin_actions(actions, 4)[:, 0], codes[:, 0])
+    feats = rng.normal(size=(len(actions), 6))
+    feats[:, 0] += M.bin_actions(actions, 4)[:, 3]
+    groups = np.repeat(np.arange(12), 20)
+    r = M.shortcut_probe(codes, actions, feats, 4, bins=4, groups=groups, seed=3, boot=200)
+    pinned = {
+        "probe_acc_codes": 0.584375,
+        "probe_acc_frame": 0.534375,
+        "probe_chance": 0.6072916666666667,
+        "probe_gain": 0.05,
+        "probe_gain_ci_low": 0.010338541666666678,
+        "probe_gain_ci_high": 0.09169270833333333,
+    }
+    for key, value in pinned.items():
+        assert r[key] == pytest.approx(value, abs=1e-12, rel=0), key
+    assert (r["probe_dims"], r["probe_folds_by"], r["num_pairs"]) == ([0, 1, 2, 3], "group", 240)
+
+
 def test_probe_folds_hold_whole_episodes():
     """A frame that identifies its episode predicts a per-episode action only across rows of one
     episode: row folds flatter the frame, episode folds do not."""
@@ -147,6 +192,10 @@ def test_frame_features_and_logged_names():
         "val/probe_acc_codes",
         "val/probe_acc_frame",
         "val/probe_chance",
+        "val/probe_acc_codes_and_frame",
+        "val/probe_gain_over_frame",
+        "val/probe_gain_over_frame_ci_low",
+        "val/probe_gain_over_frame_ci_high",
         "val/code_action_ami/dim0",
     ):
         assert isinstance(logs[key], float), key

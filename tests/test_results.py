@@ -200,10 +200,17 @@ def test_results_pool_seeds_compare_against_scratch_and_show_chance(tmp_path):
         "val/probe_acc_codes": 0.61,
         "val/probe_acc_frame": 0.44,
         "val/probe_chance": 0.31,
+        "val/probe_acc_codes_and_frame": 0.66,
+        "val/probe_gain_over_frame": 0.22,
+        "val/probe_gain_over_frame_ci_low": 0.15,
+        "val/probe_gain_over_frame_ci_high": 0.29,
     }
     laq.write_text(json.dumps({"val": val}))
     report = tmp_path / "label_report.json"
     code_action = {"ami": 0.1, "ami_ci_low": 0.07, "ami_ci_high": 0.13, "ami_p": 0.005, "probe_chance": 0.3}
+    code_action.update(
+        probe_gain_over_frame=0.05, probe_gain_over_frame_ci_low=0.02, probe_gain_over_frame_ci_high=0.08
+    )
     report.write_text(json.dumps({"train": {"utilisation_mean": 1.0, "code_action": code_action}}))
     found = tmp_path / "foundation" / "lapa"
     found.mkdir(parents=True)
@@ -239,6 +246,12 @@ def test_results_pool_seeds_compare_against_scratch_and_show_chance(tmp_path):
     assert "Paired difference against scratch" in md and "Cochran-Mantel-Haenszel" in md
     assert "| seed 0 | seed 1 | seed 2 |" in md and "chance (1/vocab)" in md
     assert "| laq.val | code-action AMI | 0.12 | [0.08, 0.16] | 0.0050 | 0 | independent codes |" in md
+    assert "| laq.val | probe accuracy from codes and frame t | 0.66 |  |  | 0.31 | majority bin |" in md
+    assert (
+        "| laq.val | probe gain, codes and frame t - frame t | 0.22 | [0.15, 0.29] |  | 0 | "
+        "codes add nothing to frame t |"
+    ) in md
+    assert laq_rows[("labels.train", "probe gain, codes and frame t - frame t")]["ci_low"] == 0.02
 
 
 def test_help_documents_arm_and_seed_labels():

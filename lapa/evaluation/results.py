@@ -408,6 +408,24 @@ _LAQ_SPECS = (
         0.0,
         "codes no better than frame t",
     ),
+    (
+        "probe accuracy from codes and frame t",
+        "probe_acc_codes_and_frame",
+        None,
+        None,
+        None,
+        "probe_chance",
+        "majority bin",
+    ),
+    (
+        "probe gain, codes and frame t - frame t",
+        "probe_gain_over_frame",
+        "probe_gain_over_frame_ci_low",
+        "probe_gain_over_frame_ci_high",
+        None,
+        0.0,
+        "codes add nothing to frame t",
+    ),
 )
 # The label report's names for the same figures (code_action.<key>; the summary at the top level).
 _LABEL_NAMES = {
@@ -422,6 +440,10 @@ _LABEL_NAMES = {
     "probe_gain": "code_action.probe_gain",
     "probe_gain_ci_low": "code_action.probe_gain_ci_low",
     "probe_gain_ci_high": "code_action.probe_gain_ci_high",
+    "probe_acc_codes_and_frame": "code_action.probe_acc_codes_and_frame",
+    "probe_gain_over_frame": "code_action.probe_gain_over_frame",
+    "probe_gain_over_frame_ci_low": "code_action.probe_gain_over_frame_ci_low",
+    "probe_gain_over_frame_ci_high": "code_action.probe_gain_over_frame_ci_high",
     "utilisation": "utilisation_mean",
     "distinct_tuples": "distinct_tuples",
 }

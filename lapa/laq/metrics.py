@@ -405,19 +405,33 @@ def shortcut_probe(
     boot: int = 1000,
     confidence: float = 0.95,
 ) -> dict:
-    """How well the binned true action is predicted from the codes, against from frame t alone.
+    """How well the binned true action is predicted from the codes, against from frame t alone, and
+    what the codes add to frame t.
 
     A latent action that carries the motion predicts the action better than frame t does; codes
     that only encode the scene (the task, the arm's pose) predict it no better. For each action
     dimension with more than one of its ``bins`` quantile bins, a linear softmax classifier (L2
-    ``l2``, scipy L-BFGS-B, float64, deterministic) is fit on one-hot codes [N, tokens * vocab] and on the
-    standardised ``frame_feats`` [N, F] (``frame_features``), under ``folds``-fold cross-validation;
-    folds hold whole ``groups`` (episode ids) when given, else random rows (which flatters the
-    frame probe: neighbouring frames look alike). Returns held-out accuracies averaged over
-    dimensions: ``probe_acc_codes``, ``probe_acc_frame``, ``probe_chance`` (the majority class's
-    rate: what always guessing the commonest bin scores), ``probe_gain`` (codes minus frame) with a bootstrap
-    interval over groups (or rows), and ``probe_folds_by`` ("group" or "row"). ``{}`` when fewer
-    than 10 usable rows or no dimension varies.
+    ``l2``, scipy L-BFGS-B, float64, deterministic) is fit on one-hot codes [N, tokens * vocab], on the
+    standardised ``frame_feats`` [N, F] (``frame_features``) and on their concatenation
+    [N, tokens * vocab + F], under ``folds``-fold cross-validation; every column is standardised
+    with its training fold's mean and spread. Folds hold whole ``groups`` (episode ids) when given,
+    else random rows (which flatters the frame probe: neighbouring frames look alike).
+
+    Codes losing to frame t does not by itself say they carry no motion: an expert's action is
+    largely a function of the state visible in frame t, so frame t alone can predict it well. The
+    incremental probe answers the narrower question: the held-out accuracy the codes add to what
+    frame t already gives (about 0 for codes that only restate the scene, or that are independent
+    of the action; above 0 for codes that carry motion frame t does not show).
+
+    Returns held-out accuracies averaged over dimensions: ``probe_acc_codes``, ``probe_acc_frame``,
+    ``probe_acc_codes_and_frame``, ``probe_chance`` (the majority class's rate: what always
+    guessing the commonest bin scores); ``probe_gain`` (codes minus frame) and
+    ``probe_gain_over_frame`` (codes and frame minus frame), each with a percentile bootstrap
+    interval at ``confidence`` (``*_ci_low``, ``*_ci_high``; ``boot`` resamples of groups, or of
+    rows, the same resamples for both); ``probe_dims`` (the dimensions probed),
+    ``probe_folds_by`` ("group" or "row") and ``num_pairs``. ``{}`` when fewer than 10 usable rows
+    or no dimension varies. Raises ``ValueError`` when ``frame_feats`` is not [N, F] or ``groups``
+    does not have N entries.
     """
     codes, actions, keep = _finite_rows(codes, actions)
     feats = np.asarray(frame_feats, dtype=np.float64)
@@ -436,13 +450,14 @@ def shortcut_probe(
     onehot[np.arange(n)[:, None], np.arange(codes.shape[1]) * vocab_size + codes] = 1.0
     rng = np.random.default_rng(seed)
     fold, folds_by = _folds(n, groups, folds, rng)
-    correct = {"codes": np.zeros((n, len(dims))), "frame": np.zeros((n, len(dims)))}
+    correct = {name: np.zeros((n, len(dims))) for name in ("codes", "frame", "codes_and_frame")}
+    both = np.column_stack([onehot, feats])
     for k in np.unique(fold):
         test, train = fold == k, fold != k
         if not train.any():
             continue
         ytr = y_all[train]
-        for name, x in (("codes", onehot), ("frame", feats)):
+        for name, x in (("codes", onehot), ("frame", feats), ("codes_and_frame", both)):
             mu, sd = x[train].mean(0), x[train].std(0)
             sd = np.where(sd > 1e-8, sd, 1.0)
             w = _fit_softmax((x[train] - mu) / sd, ytr, classes, l2, iters)
@@ -454,6 +469,8 @@ def shortcut_probe(
     sums, sizes = np.bincount(ui, weights=gain), np.bincount(ui)
     draws = rng.integers(0, len(sums), size=(boot, len(sums)))
     boots = sums[draws].sum(1) / sizes[draws].sum(1)
+    gain_over = correct["codes_and_frame"].mean(1) - correct["frame"].mean(1)
+    boots_over = np.bincount(ui, weights=gain_over)[draws].sum(1) / sizes[draws].sum(1)
     alpha = (1 - confidence) / 2
     return {
         "probe_acc_codes": float(correct["codes"].mean()),
@@ -462,6 +479,10 @@ def shortcut_probe(
         "probe_gain": float(gain.mean()),
         "probe_gain_ci_low": float(np.quantile(boots, alpha)),
         "probe_gain_ci_high": float(np.quantile(boots, 1 - alpha)),
+        "probe_acc_codes_and_frame": float(correct["codes_and_frame"].mean()),
+        "probe_gain_over_frame": float(gain_over.mean()),
+        "probe_gain_over_frame_ci_low": float(np.quantile(boots_over, alpha)),
+        "probe_gain_over_frame_ci_high": float(np.quantile(boots_over, 1 - alpha)),
         "probe_dims": dims,
         "probe_folds_by": folds_by,
         "num_pairs": n,
@@ -536,12 +557,18 @@ _LOG_NAMES = {
     "probe_gain": "probe_gain",
     "probe_gain_ci_low": "probe_gain_ci_low",
     "probe_gain_ci_high": "probe_gain_ci_high",
+    "probe_acc_codes_and_frame": "probe_acc_codes_and_frame",
+    "probe_gain_over_frame": "probe_gain_over_frame",
+    "probe_gain_over_frame_ci_low": "probe_gain_over_frame_ci_low",
+    "probe_gain_over_frame_ci_high": "probe_gain_over_frame_ci_high",
 }
 
 
 def diagnostics_logs(diag: dict, prefix: str = "val/") -> dict[str, float]:
     """Flat scalar logs of ``code_action_diagnostics``: ``{prefix}code_action_ami``, its interval
-    and p-value, ``{prefix}code_action_ami/dim{d}``, ``{prefix}probe_acc_codes``, ...frame, ...chance."""
+    and p-value, ``{prefix}code_action_ami/dim{d}``, ``{prefix}probe_acc_codes``, ...frame,
+    ...codes_and_frame, ...chance, ``{prefix}probe_gain`` and ``{prefix}probe_gain_over_frame`` with
+    their intervals."""
     logs = {prefix + name: float(diag[key]) for key, name in _LOG_NAMES.items() if diag.get(key) is not None}
     for d, v in enumerate(diag.get("ami_per_dim") or []):
         if v is not None:
