@@ -420,8 +420,10 @@ def shortcut_probe(
     Codes losing to frame t does not by itself say they carry no motion: an expert's action is
     largely a function of the state visible in frame t, so frame t alone can predict it well. The
     incremental probe answers the narrower question: the held-out accuracy the codes add to what
-    frame t already gives (about 0 for codes that only restate the scene, or that are independent
-    of the action; above 0 for codes that carry motion frame t does not show).
+    frame t already gives: about 0 for codes independent of the action, or that restate what a
+    linear read of frame t's features already gives; above 0 for codes that carry motion frame t
+    does not show, but also for codes that encode the scene in a form the linear probe cannot read
+    from the pooled pixels (evidence of information beyond frame t, not proof of motion).
 
     Returns held-out accuracies averaged over dimensions: ``probe_acc_codes``, ``probe_acc_frame``,
     ``probe_acc_codes_and_frame``, ``probe_chance`` (the majority class's rate: what always
