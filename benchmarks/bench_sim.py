@@ -1,13 +1,19 @@
-"""Simulator throughput: rendered frames/s and expert-rollout steps/s with 1 and N workers; and how
-far the frames a policy sees in closed-loop evaluation lie from its training frames.
+"""Simulator throughput: rendered frames/s, environment steps/s, and expert-rollout steps/s with 1 and
+N workers; and how far the frames a policy sees in closed-loop evaluation lie from its training frames.
 
 The rendering baseline is MuJoCo's default quality (shadow maps, 4x multisampling, reflections),
-which is what gymnasium's renderer uses; ours turns those off. The image-fidelity baseline is the
+which is what gymnasium's renderer uses; ours turns those off and leaves out of each frame the
+geoms wholly outside the camera's view (``cull_offscreen``, the same pixels). Environment steps
+(``MetaWorldEnv.step``: physics, Meta-World's observation and success, the frame) are timed on the
+experiment's tasks with one fixed random action sequence, with every geom drawn and with the
+offscreen ones left out, the two alternated over rounds; CPU ms/step counts the rasteriser's
+threads too and is the steadier figure on a busy machine. The image-fidelity baseline is the
 former path (x264 crf 10 in 4:2:0 for the rollout videos, raw renders in evaluation) beside
 lossless videos with raw renders and with the shards' observation path, plus the cost of each
 video (encode time, bytes per frame). Run:
 
     .venv/bin/python benchmarks/bench_sim.py [--sizes 64 224] [--frames 200] [--episodes 6] [--workers 2]
+        [--experiment metaworld_small] [--env-steps 150] [--env-rounds 2]
     .venv/bin/python benchmarks/bench_sim.py --fidelity [--experiment metaworld_small] [--fidelity-episodes 1]
 """
 
@@ -20,12 +26,12 @@ import time
 os.environ.setdefault("MUJOCO_GL", "egl")
 
 
-def render_fps(task: str, camera: str, size: int, frames: int, fast: bool) -> float:
+def render_fps(task: str, camera: str, size: int, frames: int, fast: bool, cull: bool = True) -> float:
     import mujoco
 
     from lapa.sim.env import MetaWorldEnv
 
-    with MetaWorldEnv(task, camera=camera, image_size=size) as env:
+    with MetaWorldEnv(task, camera=camera, image_size=size, cull_offscreen=cull) as env:
         env.reset(seed=0)
         if not fast:  # a second renderer at MuJoCo's default quality, on the same scene
             model = env._env.model
@@ -44,6 +50,38 @@ def render_fps(task: str, camera: str, size: int, frames: int, fast: bool) -> fl
         if not fast:
             renderer.close()
     return frames / elapsed
+
+
+def env_steps_per_s(sim, steps: int, rounds: int) -> dict[bool, tuple[float, float, int]]:
+    """{cull_offscreen: (steps/s, CPU ms/step, steps)} of ``MetaWorldEnv.step`` on every task of
+    ``sim``, one env per task and setting, the same uniform random actions for both settings,
+    episodes of ``steps`` steps from layout seed ``sim.eval_seed``; the order alternates by round."""
+    import numpy as np
+
+    from lapa.sim.env import MetaWorldEnv
+
+    actions = np.random.default_rng(0).uniform(-1.0, 1.0, size=(steps, 4))
+    kwargs = {"camera": sim.camera, "image_size": int(sim.image_size), "max_steps": steps, "zoom": sim.zoom}
+    envs = {
+        cull: [MetaWorldEnv(t, cull_offscreen=cull, **kwargs) for t in sim.tasks] for cull in (False, True)
+    }
+    totals = {cull: [0.0, 0.0, 0] for cull in envs}
+    try:
+        for r in range(rounds):
+            for cull in (False, True) if r % 2 == 0 else (True, False):
+                for env in envs[cull]:
+                    env.reset(seed=sim.eval_seed + r)
+                    wall, cpu = time.perf_counter(), time.process_time()
+                    for action in actions:
+                        env.step(action)
+                    totals[cull][0] += time.perf_counter() - wall
+                    totals[cull][1] += time.process_time() - cpu
+                    totals[cull][2] += steps
+    finally:
+        for group in envs.values():
+            for env in group:
+                env.close()
+    return {cull: (n / wall, 1000.0 * cpu / n, n) for cull, (wall, cpu, n) in totals.items()}
 
 
 def rollout_steps_per_s(sim, episodes: int, workers: int) -> tuple[float, float, int]:
@@ -177,7 +215,11 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--camera", default="zoom")
     parser.add_argument("--fidelity", action="store_true", help="only the image-fidelity comparison")
-    parser.add_argument("--experiment", default="metaworld_small", help="config of the fidelity comparison")
+    parser.add_argument(
+        "--experiment", default="metaworld_small", help="config of the env-step and fidelity comparisons"
+    )
+    parser.add_argument("--env-steps", type=int, default=150, help="steps per task and round (0: skip)")
+    parser.add_argument("--env-rounds", type=int, default=2, help="rounds, alternating the two settings")
     parser.add_argument("--fidelity-episodes", type=int, default=1, help="expert episodes per task")
     args = parser.parse_args()
     if args.fidelity:
@@ -190,8 +232,25 @@ def main() -> None:
     print("render frames/s (push-v3)")
     for size in args.sizes:
         base = render_fps("push-v3", args.camera, size, max(20, args.frames // 10), fast=False)
+        plain = render_fps("push-v3", args.camera, size, args.frames, fast=True, cull=False)
         fast = render_fps("push-v3", args.camera, size, args.frames, fast=True)
-        print(f"  {size:4d} px  default quality {base:7.1f}   lapa settings {fast:7.1f}   x{fast / base:.1f}")
+        print(
+            f"  {size:4d} px  default quality {base:7.1f}   no shadows/AA {plain:7.1f}   "
+            f"+ offscreen cull (lapa) {fast:7.1f}   x{fast / base:.1f}"
+        )
+
+    if args.env_steps > 0:
+        sim = load_config(args.experiment).sim
+        print(
+            f"env steps ({args.experiment}: {len(sim.tasks)} tasks, {sim.camera} camera, "
+            f"{sim.image_size} px, {args.env_steps} random-action steps per task x {args.env_rounds} rounds)"
+        )
+        rates = env_steps_per_s(sim, args.env_steps, args.env_rounds)
+        for cull, label in ((False, "every geom drawn"), (True, "offscreen cull (lapa)")):
+            rate, ms, n = rates[cull]
+            print(f"  {label:22s}: {rate:7.1f} steps/s, {ms:6.3f} CPU ms/step ({n} steps)")
+        (full, full_ms, _), (culled, culled_ms, _) = rates[False], rates[True]
+        print(f"  speed-up x{culled / full:.2f} (CPU x{full_ms / culled_ms:.2f})")
 
     for size in args.sizes[:1]:
         sim = load_config("default", [f"sim.image_size={size}", f"sim.camera={args.camera}"]).sim

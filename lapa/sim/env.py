@@ -8,6 +8,11 @@ vary once the per-task random vector is unfrozen and drawn from a reseeded gener
 gymnasium renderer keeps shadows and 4x anti-aliasing (~5 frames/s) and gave black frames for a
 second environment in the same process. We drive the unwrapped environment and render with our
 own ``mujoco.Renderer`` with shadows and reflections off (~10x faster).
+
+At 64 px a frame's cost is the Sawyer's meshes (~67k triangles, ~3/4 of a frame under Mesa's
+software rasteriser), not its pixels, so each frame leaves out the geoms that lie wholly outside
+the camera's view volume (``cull_offscreen``): they would produce no fragment, so the frame is
+bitwise the same.
 """
 
 from __future__ import annotations
@@ -60,12 +65,74 @@ def _find_wrapper(env: Any, method: str) -> Any | None:
     return None
 
 
+class OffscreenCull:
+    """Which geoms lie wholly outside a perspective camera's view volume, so need not be drawn.
+
+    A geom is left out when the eight corners of its axis-aligned bounding box (``geom_aabb``,
+    in the geom's frame) all lie beyond one plane of the view volume (left, right, bottom, top,
+    near) by more than ``margin`` metres (far above the float32 rounding of the GL transforms);
+    MuJoCo's box bounds a mesh's vertices and a primitive's tessellation, so such a geom cannot put
+    a fragment on the image, and with shadows and reflections off nothing else depends on it:
+    leaving it out changes no pixel. Only opaque geoms are candidates (transparent ones are depth-sorted among
+    themselves); planes and height fields never are. The far plane is not used.
+    """
+
+    def __init__(self, model: Any, margin: float = 1e-4) -> None:
+        import mujoco
+
+        rgba = np.array(model.geom_rgba, dtype=np.float64)
+        matid = np.asarray(model.geom_matid)
+        default = np.all(rgba == np.array([0.5, 0.5, 0.5, 1.0]), axis=1)
+        # mjv_addGeoms' colour rule: the material's rgba unless the geom's own differs from default
+        use_mat = (matid >= 0) & default
+        mat_alpha = np.append(np.asarray(model.mat_rgba, dtype=np.float64)[:, 3], 1.0)  # [-1]: none
+        alpha = np.where(use_mat, mat_alpha[matid], rgba[:, 3])
+        kind = np.asarray(model.geom_type)
+        unbounded = (kind == mujoco.mjtGeom.mjGEOM_PLANE) | (kind == mujoco.mjtGeom.mjGEOM_HFIELD)
+        self.ids = np.flatnonzero((alpha == 1.0) & ~unbounded)
+        aabb = np.asarray(model.geom_aabb, dtype=np.float64)[self.ids]  # [G, 6]: centre, half-size
+        signs = np.array([[x, y, z] for x in (-1, 1) for y in (-1, 1) for z in (-1, 1)], dtype=np.float64)
+        self._corners = aabb[:, None, :3] + signs[None] * aabb[:, None, 3:]  # [G, 8, 3], geom frame
+        self.margin = float(margin)
+
+    def hidden(self, data: Any, camera: Any, aspect: float) -> np.ndarray:
+        """Geom ids (int64 [K]) wholly outside the view of ``camera`` (an ``MjvGLCamera``, as
+        ``mjr_render`` averages it) for a viewport of width/height ``aspect``; none when the
+        camera is orthographic."""
+        if camera.orthographic or len(self.ids) == 0:
+            return np.zeros(0, dtype=np.int64)
+        pos = np.asarray(data.geom_xpos)[self.ids]  # [G, 3]
+        rot = np.asarray(data.geom_xmat)[self.ids].reshape(-1, 3, 3)
+        world = pos[:, None, :] + self._corners @ rot.transpose(0, 2, 1)  # [G, 8, 3]
+        fwd, up = np.asarray(camera.forward, np.float64), np.asarray(camera.up, np.float64)
+        axes = np.stack([np.cross(fwd, up), up, fwd])  # camera right, up, forward
+        x, y, z = np.moveaxis((world - np.asarray(camera.pos, np.float64)) @ axes.T, -1, 0)  # [G, 8]
+        near, top, bottom = (
+            float(camera.frustum_near),
+            float(camera.frustum_top),
+            float(camera.frustum_bottom),
+        )
+        half = float(camera.frustum_width) or 0.5 * aspect * (top - bottom)
+        left, right = float(camera.frustum_center) - half, float(camera.frustum_center) + half
+        m = self.margin
+        # a point is inside when left*z <= x*near <= right*z, bottom*z <= y*near <= top*z, z >= near
+        outside = (
+            np.all(x * near - left * z < -m * near, axis=1)
+            | np.all(x * near - right * z > m * near, axis=1)
+            | np.all(y * near - bottom * z < -m * near, axis=1)
+            | np.all(y * near - top * z > m * near, axis=1)
+            | np.all(z < near - m, axis=1)
+        )
+        return self.ids[outside]
+
+
 class MetaWorldEnv:
     """A seeded Meta-World task rendering square RGB frames from one camera.
 
     ``reset() -> (image, obs)``; ``step(action) -> (image, obs, success, done)`` where ``done``
     means the step cap was reached. ``obs`` is Meta-World's 39-D state (what scripted experts
-    read); ``image`` is uint8 [H, W, 3], upright.
+    read); ``image`` is uint8 [H, W, 3], upright. ``cull_offscreen`` leaves out of each frame the
+    geoms wholly outside the camera's view (``OffscreenCull``; the same pixels, drawn faster).
     """
 
     def __init__(
@@ -76,6 +143,7 @@ class MetaWorldEnv:
         image_size: int = 64,
         max_steps: int = 150,
         zoom: ZoomCameraConfig | Any | None = None,
+        cull_offscreen: bool = True,
     ) -> None:
         import gymnasium as gym
 
@@ -135,9 +203,14 @@ class MetaWorldEnv:
             cam.azimuth, cam.elevation, cam.distance = float(z.azimuth), float(z.elevation), float(z.distance)
             cam.lookat[:] = np.asarray(list(z.lookat), dtype=np.float64)
             model.vis.global_.fovy = float(z.fovy)
-            self._camera: Any = cam
         else:
-            self._camera = camera
+            cam = mujoco.MjvCamera()
+            cam.type = mujoco.mjtCamera.mjCAMERA_FIXED
+            cam.fixedcamid = mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_CAMERA, camera)
+            if cam.fixedcamid < 0:
+                raise ValueError(f"sim.camera: {task} has no camera {camera!r}")
+        self._camera: Any = cam
+        self._cull = OffscreenCull(model) if cull_offscreen else None
         self._steps = 0
 
     # -- episode ---------------------------------------------------------------------------
@@ -170,7 +243,24 @@ class MetaWorldEnv:
         return self.render(), np.asarray(obs, dtype=np.float64), success, done
 
     def render(self) -> np.ndarray:
-        self._renderer.update_scene(self._env.data, camera=self._camera)
+        """The current frame, uint8 [H, W, 3], upright."""
+        import mujoco
+
+        model, data, scene = self._env.model, self._env.data, self._renderer.scene
+        hidden = np.zeros(0, dtype=np.int64)
+        if self._cull is not None:
+            mujoco.mjv_updateCamera(model, data, self._camera, scene)
+            glcam = mujoco.mjv_averageCamera(scene.camera[0], scene.camera[1])  # what mjr_render uses
+            hidden = self._cull.hidden(data, glcam, self._renderer.width / self._renderer.height)
+        if len(hidden):
+            alpha = model.geom_rgba[hidden, 3].copy()
+            model.geom_rgba[hidden, 3] = 0.0  # mjv_updateScene skips geoms of alpha 0
+            try:
+                self._renderer.update_scene(data, camera=self._camera)
+            finally:
+                model.geom_rgba[hidden, 3] = alpha
+        else:
+            self._renderer.update_scene(data, camera=self._camera)
         image = self._renderer.render()
         if self.camera in _UPSIDE_DOWN:
             image = image[::-1, ::-1]
