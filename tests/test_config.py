@@ -197,3 +197,31 @@ def test_declared_choices_are_those_the_code_accepts(monkeypatch):
     assert cluster.ARMS == ARMS and data.SOURCES == SOURCES
     env = pytest.importorskip("lapa.sim.env")
     assert sim.CAMERAS == env.CAMERAS
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("laq=3", r"'laq' is a section; set its keys \(e\.g\. laq\.<key>=\.\.\.\), not the value 3"),
+        ("laq.training=[1]", r"'laq\.training' is a section; .*not a list"),
+        ("sim.tasks={a:1}", r"'sim\.tasks' must be a list \(e\.g\. sim\.tasks=\[a,b\]\), got a mapping"),
+        ("laq.training.betas={a:1}", r"'laq\.training\.betas' must be a list"),
+        ("=3", r"override '=3' must look like key=value"),
+    ],
+)
+def test_a_value_of_the_wrong_shape_names_the_key(override, message):
+    with pytest.raises(ConfigError, match=message) as err:
+        load_config("default", [override], configs_root=ROOT / "configs")
+    assert f"command-line override {override!r}" in str(err.value) or "must look like" in str(err.value)
+
+
+def test_a_section_given_a_value_in_a_file_names_the_file_and_key(tmp_path):
+    root = tmp_path / "configs"
+    (root / "experiment").mkdir(parents=True)
+    bad = root / "experiment" / "bad.yaml"
+    bad.write_text("laq: 3\nsim:\n  tasks: {reach: 1}\n")
+    with pytest.raises(ConfigError, match=rf"{bad}: 'laq' is a section"):
+        load_config("bad", configs_root=root)
+    bad.write_text("sim:\n  tasks: {reach: 1}\n")
+    with pytest.raises(ConfigError, match=rf"{bad}: 'sim\.tasks' must be a list"):
+        load_config("bad", configs_root=root)

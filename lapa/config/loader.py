@@ -71,12 +71,36 @@ def _load_yaml(path: Path) -> DictConfig:
     return node
 
 
+def _shape_mismatch(base: DictConfig, fragment: DictConfig, prefix: str = "") -> str | None:
+    """The first key where ``fragment`` gives a section a plain value or a list a mapping, described
+    for an error message; None when the shapes agree (the error is then about something else)."""
+    for key in fragment:
+        if key not in base:
+            continue
+        have, give = base._get_node(key), fragment._get_node(key)
+        name = f"{prefix}{key}"
+        if isinstance(have, DictConfig) and not have._is_none():
+            if isinstance(give, DictConfig):
+                found = _shape_mismatch(have, give, name + ".")
+                if found:
+                    return found
+            elif not (give is not None and give._is_none()):
+                what = "a list" if isinstance(give, ListConfig) else f"the value {give._value()!r}"
+                return f"'{name}' is a section; set its keys (e.g. {name}.<key>=...), not {what}"
+        elif isinstance(have, ListConfig) and isinstance(give, DictConfig):
+            return f"'{name}' must be a list (e.g. {name}=[a,b]), got a mapping"
+    return None
+
+
 def _merge_checked(base: DictConfig, fragment: DictConfig, source: str) -> DictConfig:
     try:
         return OmegaConf.merge(base, fragment)
-    except OmegaConfBaseException as exc:
+    except (OmegaConfBaseException, TypeError) as exc:  # TypeError: a mapping merged into a list
+        shape = _shape_mismatch(base, fragment)
+        if shape:
+            raise ConfigError(f"{source}: {shape}") from exc
         key = getattr(exc, "full_key", None) or "?"
-        message = str(getattr(exc, "msg", exc)).splitlines()[0]
+        message = (getattr(exc, "msg", None) or str(exc)).splitlines()[0]
         raise ConfigError(f"{source}: invalid key or value '{key}': {message}") from exc
 
 
@@ -132,7 +156,7 @@ def load_config(
         cfg = _merge_checked(cfg, fragment, source)
     if overrides:
         for item in overrides:
-            if "=" not in item:
+            if not item.partition("=")[0].strip() or "=" not in item:
                 raise ConfigError(f"override {item!r} must look like key=value")
             try:
                 dot = OmegaConf.from_dotlist([item])
