@@ -233,6 +233,21 @@ def test_truncated_tar_raises_or_is_skipped(pair_dir, tmp_path, caplog):
     assert rest <= set(keys) and len(set(keys) - rest) < len(complete)
 
 
+def test_a_truncated_tar_is_named_at_the_front_of_every_message(pair_dir, tmp_path, caplog):
+    shards = list_shards(pair_dir, "train")
+    data = open(shards[0], "rb").read()
+    broken = tmp_path / "broken.tar"
+    broken.write_bytes(data[: len(data) // 2 + 100])  # ends inside a member: "unexpected end of data"
+    with pytest.raises(ShardReadError) as err:
+        list(make_loader([str(broken)], "laq", _cfg(batch_size=1), train=False))
+    assert str(err.value) == f"{broken}: unreadable shard data: ReadError: unexpected end of data"
+    caplog.clear()
+    list(make_dataset([str(broken)], "laq", _cfg(batch_size=1, on_error="skip"), train=False))
+    skips = [r.getMessage() for r in caplog.records if "skipped" in r.getMessage()]
+    assert skips and all(f": {broken}: unreadable shard data: ReadError: " in m for m in skips), skips
+    assert not any("BufferedReader" in m or ": ?:" in m for m in skips), skips
+
+
 def test_missing_inputs_name_the_path(tmp_path):
     with pytest.raises(FileNotFoundError, match="nowhere"):
         list_shards(tmp_path / "nowhere", "train")

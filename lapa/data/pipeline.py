@@ -24,6 +24,7 @@ import logging
 import math
 import os
 import random
+import re
 import zlib
 from collections import Counter
 from collections.abc import Sequence
@@ -88,11 +89,24 @@ def expand_shards(shards: str | list[str], train: bool = True) -> list[str]:
     return urls
 
 
+# webdataset appends " @ <_io.BufferedReader name='...'>" to the message of a member it cannot read
+_STREAM_SUFFIX = re.compile(r" @ <[^>]*?name='(?P<name>[^']+)'>")
+
+
 def _shard_of(exn: BaseException) -> str:
-    for arg in reversed(getattr(exn, "args", ())):
+    """The shard an error from webdataset's tar reading came from: the URL it appends to the
+    exception's args, else the file named in the message's stream suffix, else ``?``."""
+    args = getattr(exn, "args", ())
+    for arg in reversed(args):
         if isinstance(arg, str) and arg.endswith(".tar"):
             return arg
-    return "?"
+    found = _STREAM_SUFFIX.search(str(args[0])) if args else None
+    return found["name"] if found else "?"
+
+
+def _first_arg(exn: BaseException) -> str:
+    """The exception's own message, without what webdataset appends (the stream, the URL)."""
+    return _STREAM_SUFFIX.sub("", str(exn.args[0])) if exn.args else str(exn)
 
 
 class ErrorHandler:
@@ -105,11 +119,10 @@ class ErrorHandler:
         self.skipped = 0
 
     def __call__(self, exn: BaseException) -> bool:
-        if isinstance(exn, ShardReadError):
-            message = str(exn)
+        if isinstance(exn, ShardReadError):  # raised by this handler, then handed to it again
+            message = _first_arg(exn)
         else:
-            detail = exn.args[0] if exn.args else exn
-            message = f"{_shard_of(exn)}: unreadable shard data: {type(exn).__name__}: {detail}"
+            message = f"{_shard_of(exn)}: unreadable shard data: {type(exn).__name__}: {_first_arg(exn)}"
         if self.on_error == "raise":
             raise ShardReadError(message) from exn
         self.skipped += 1
