@@ -248,6 +248,21 @@ def test_a_truncated_tar_is_named_at_the_front_of_every_message(pair_dir, tmp_pa
     assert not any("BufferedReader" in m or ": ?:" in m for m in skips), skips
 
 
+def test_a_worker_error_prints_as_its_message_without_the_worker_traceback(pair_dir, tmp_path):
+    from lapa.commands import error_message
+
+    data = open(list_shards(pair_dir, "train")[0], "rb").read()
+    broken = tmp_path / "broken.tar"
+    broken.write_bytes(data[: len(data) // 2 + 100])
+    with pytest.raises(ShardReadError) as err:  # torch re-raises it with the worker's traceback
+        list(make_loader([str(broken)], "laq", _cfg(batch_size=1, num_workers=1), train=False))
+    assert "Original Traceback" in str(err.value)
+    assert error_message(err.value) == (
+        f"{broken}: unreadable shard data: ReadError: unexpected end of data (in DataLoader worker process 0)"
+    )
+    assert error_message(ValueError("a\nCaught nothing")) == "a\nCaught nothing"
+
+
 def test_missing_inputs_name_the_path(tmp_path):
     with pytest.raises(FileNotFoundError, match="nowhere"):
         list_shards(tmp_path / "nowhere", "train")

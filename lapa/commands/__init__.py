@@ -74,6 +74,23 @@ def device_from_args(args: argparse.Namespace) -> str:
     return args.device or ("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def error_message(exc: BaseException) -> str:
+    """The text ``lapa`` prints for an error. An error raised in a DataLoader worker reaches the
+    main process re-raised by torch with the worker's whole traceback as its message ("Caught X in
+    DataLoader worker process N. Original Traceback ..."); that becomes the original message and
+    where it was raised. Any other error's message is returned as it is."""
+    text = str(exc)
+    if not (text.startswith("Caught ") and "\nOriginal Traceback" in text):
+        return text
+    cls = type(exc)
+    name = cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
+    head, found, message = text.rpartition(f"\n{name}: ")
+    if not found:
+        return text
+    where = head.split("\n", 1)[0].partition(" in ")[2].rstrip(".")
+    return f"{message.strip()} (in {where})" if where else message.strip()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="lapa",
@@ -114,7 +131,8 @@ def main(argv: list[str] | None = None) -> None:
         print(f"lapa {args.command}: config error: {exc}", file=sys.stderr)
         sys.exit(2)
     except (FileNotFoundError, FileExistsError, IsADirectoryError, ValueError) as exc:
-        print(f"lapa {args.command}: error: {exc}", file=sys.stderr)
+        text = str(exc) if args.verbose else error_message(exc)  # -v keeps a worker's traceback
+        print(f"lapa {args.command}: error: {text}", file=sys.stderr)
         sys.exit(1)
     if isinstance(result, int):
         sys.exit(result)
