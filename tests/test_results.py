@@ -155,6 +155,76 @@ def test_results_rejects_unknown_directory(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+def _without(metrics: dict, *path: str) -> dict:
+    out = json.loads(json.dumps(metrics))
+    node = out
+    for key in path[:-1]:
+        node = node[key]
+    del node[path[-1]]
+    return out
+
+
+def _with(metrics: dict, value, *path: str) -> dict:
+    out = json.loads(json.dumps(metrics))
+    node = out
+    for key in path[:-1]:
+        node = node[key]
+    node[path[-1]] = value
+    return out
+
+
+GOOD = _sim_metrics({"reach": 1, "push": 0}, episodes=2)
+
+
+@pytest.mark.parametrize(
+    "metrics, problem",
+    [
+        ({"overall": {"success_rate": 0.5}}, r"per_task must map each task"),
+        (_without(GOOD, "overall"), r"overall must be an object with successes and episodes, got None"),
+        (_without(GOOD, "per_task", "reach", "successes"), r"per_task\['reach'\]\.successes is missing"),
+        (
+            _with(GOOD, "two", "per_task", "reach", "successes"),
+            r"per_task\['reach'\]\.successes must be a count \(an integer >= 0\), got 'two'",
+        ),
+        (_with(GOOD, None, "per_task", "push", "episodes"), r"per_task\['push'\]\.episodes is missing"),
+        (
+            _with(GOOD, -1, "per_task", "push", "successes"),
+            r"per_task\['push'\]\.successes must be a count \(an integer >= 0\), got -1",
+        ),
+        (
+            _with(GOOD, 5, "per_task", "reach", "successes"),
+            r"per_task\['reach'\] has 5 successes in 2 episodes",
+        ),
+        (_with(GOOD, {}, "per_task"), r"per_task must map each task"),
+    ],
+)
+def test_an_incomplete_closed_loop_report_is_refused_naming_file_and_field(tmp_path, metrics, problem):
+    good = _write(tmp_path, "scratch", 0, GOOD)
+    bad = _write(tmp_path, "lapa", 0, metrics)
+    for inputs in ([bad], [good, bad]):
+        with pytest.raises(
+            ValueError, match=rf"{bad}/metrics\.json: not a closed-loop evaluation report: {problem}"
+        ):
+            write_results(inputs, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    "metrics, problem",
+    [
+        ({"bin_accuracy": 0.5}, r"mse must be a finite number >= 0, got None"),
+        ({"mse": "low", "bin_accuracy": 0.5}, r"mse must be a finite number >= 0, got 'low'"),
+        ({"mse": 0.1, "bin_accuracy": 1.5}, r"bin_accuracy must be a finite number in \[0, 1\], got 1\.5"),
+    ],
+)
+def test_an_incomplete_offline_report_is_refused_naming_file_and_field(tmp_path, metrics, problem):
+    bad = _write(tmp_path, "lapa", 0, metrics, kind="offline")
+    with pytest.raises(
+        ValueError, match=rf"{bad}/metrics\.json: not an offline evaluation report: {problem}"
+    ):
+        write_results([bad], tmp_path / "out")
+
+
 # ------------------------------------------------------------------------------ paired comparison
 def _cmh_by_hand(cells_a, cells_r) -> float:
     """The continuity-corrected Mantel-Haenszel chi-square p-value, from its textbook formula."""

@@ -95,7 +95,9 @@ def parse_input(spec: str | Path) -> tuple[str, str, str, Path]:
 
 
 def collect(inputs: list[str | Path]) -> dict[str, ArmResults]:
-    """Group evaluation directories by arm and finetuning seed (see the module notes)."""
+    """Group evaluation directories by arm and finetuning seed (see the module notes). A
+    metrics.json without a figure the table reads, or with one that cannot be a count or rate, is
+    refused with a ValueError naming the file and the field."""
     arms: dict[str, ArmResults] = {}
     for spec in inputs:
         arm, seed, kind, path = parse_input(spec)
@@ -112,8 +114,51 @@ def collect(inputs: list[str | Path]) -> dict[str, ArmResults]:
             metrics, missing=f"{metrics}: missing (expected an evaluation metrics.json)"
         )
         entry.paths[(kind, seed)] = path
+    for entry in arms.values():
+        for (kind, seed), path in entry.paths.items():
+            problem = _report_problem(kind, getattr(entry, kind)[seed])
+            if problem:
+                what = "a closed-loop" if kind == "sim" else "an offline"
+                raise ValueError(f"{path / 'metrics.json'}: not {what} evaluation report: {problem}")
     order = {name: i for i, name in enumerate(ARM_ORDER)}
     return dict(sorted(arms.items(), key=lambda kv: (order.get(kv[0], len(order)), kv[0])))
+
+
+def _count_problem(entry, where: str) -> str | None:
+    if not isinstance(entry, dict):
+        return f"{where} must be an object with successes and episodes, got {entry!r}"
+    for key in ("episodes", "successes"):
+        value = entry.get(key)
+        if value is None:
+            return f"{where}.{key} is missing"
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            return f"{where}.{key} must be a count (an integer >= 0), got {value!r}"
+    if entry["successes"] > entry["episodes"]:
+        return f"{where} has {entry['successes']} successes in {entry['episodes']} episodes"
+    return None
+
+
+def _report_problem(kind: str, metrics: dict) -> str | None:
+    """What makes a metrics.json unusable for the table (a missing or malformed figure the table
+    reads), or None. Closed loop: ``overall`` and every ``per_task`` entry hold integer
+    ``successes`` <= ``episodes``; offline: finite ``mse`` >= 0 and ``bin_accuracy`` in [0, 1]."""
+    if kind == "offline":
+        for key, high in (("mse", math.inf), ("bin_accuracy", 1.0)):
+            value = _num(metrics.get(key))
+            if value is None or not 0.0 <= value <= high:
+                bound = ">= 0" if high == math.inf else "in [0, 1]"
+                return f"{key} must be a finite number {bound}, got {metrics.get(key)!r}"
+        return None
+    per_task = metrics.get("per_task")
+    if not isinstance(per_task, dict) or not per_task:
+        return f"per_task must map each task to its successes and episodes, got {per_task!r}"
+    for where, entry in [("overall", metrics.get("overall"))] + [
+        (f"per_task[{task!r}]", value) for task, value in per_task.items()
+    ]:
+        problem = _count_problem(entry, where)
+        if problem:
+            return problem
+    return None
 
 
 def _field(metrics: dict, name: str):
