@@ -67,6 +67,47 @@ def test_bad_policy_directories_name_the_file(policy_setup, tmp_path):
         LAPAPolicy.from_pretrained(broken)
 
 
+def test_cut_or_incomplete_policy_files_name_the_file_and_key(policy_setup, tmp_path):
+    import shutil
+
+    from lapa.policy import LAPAPolicy
+
+    src = policy_setup[3]
+
+    def copy(name: str):
+        out = tmp_path / name
+        shutil.copytree(src, out)
+        return out
+
+    cut = copy("cut")
+    data = (src / "model.safetensors").read_bytes()
+    (cut / "model.safetensors").write_bytes(data[: len(data) // 3])
+    with pytest.raises(ValueError, match=rf"{cut / 'model.safetensors'}: unreadable weights"):
+        LAPAPolicy.from_pretrained(cut)
+    for name, key, value in (
+        ("preprocessor_config.json", "image_size", None),
+        ("preprocessor_config.json", "shard_crop", "64"),
+        ("config.json", "num_bins", 0),
+    ):
+        broken = copy(f"{name}-{key}")
+        blob = json.loads((src / name).read_text())
+        if value is None:
+            del blob[key]
+        else:
+            blob[key] = value
+        (broken / name).write_text(json.dumps(blob))
+        with pytest.raises(
+            ValueError, match=rf"{broken / name}: {key} must be an integer >= 1, got {value!r}"
+        ):
+            LAPAPolicy.from_pretrained(broken)
+    no_foundation = copy("no-foundation")
+    blob = json.loads((src / "config.json").read_text())
+    del blob["foundation"]
+    (no_foundation / "config.json").write_text(json.dumps(blob))
+    with pytest.raises(ValueError, match="the foundation section .* is missing"):
+        LAPAPolicy.from_pretrained(no_foundation)
+
+
 def test_predict_shapes_inputs_and_determinism(policy):
     rng = np.random.default_rng(0)
     image = rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)

@@ -45,6 +45,17 @@ REQUIRED_FILES = (
     "tokenizer",
     "preprocessor_config.json",
 )
+# the integer settings loading and preprocessing read, per file (each >= 1)
+REQUIRED_INTEGERS = {
+    "config.json": ("action_dim", "num_bins"),
+    "preprocessor_config.json": (
+        "shard_resize",
+        "shard_crop",
+        "loader_image_size",
+        "image_size",
+        "max_text_tokens",
+    ),
+}
 
 
 def _container(cfg: Any) -> dict:
@@ -148,6 +159,13 @@ def _read_policy_files(path: Path) -> tuple[dict, dict, ActionStats]:
     if config.get("format") != FORMAT:
         raise ValueError(f"{path / 'config.json'}: not a policy config (format={config.get('format')!r})")
     preprocessor = read_json_object(path / "preprocessor_config.json")
+    for name, blob in (("config.json", config), ("preprocessor_config.json", preprocessor)):
+        for key in REQUIRED_INTEGERS[name]:
+            value = blob.get(key)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{path / name}: {key} must be an integer >= 1, got {value!r}")
+    if not isinstance(config.get("foundation"), dict):
+        raise ValueError(f"{path / 'config.json'}: the foundation section (the network's shape) is missing")
     stats = ActionStats.load(path / "action_stats.json")
     if stats.action_dim != config["action_dim"] or stats.num_bins != config["num_bins"]:
         raise ValueError(f"{path}: action_stats.json disagrees with config.json on action_dim/num_bins")
@@ -169,7 +187,12 @@ def _load_model(path: Path, config: dict, stats: ActionStats) -> torch.nn.Module
     with no_init_weights():  # every weight comes from the file: skip the random initialisation
         llm = LlamaModel(llm_config)
         model = build_policy_model(fcfg, stats.action_dim, stats.num_bins, llm=llm)
-    state = load_file(str(path / "model.safetensors"), device="cpu")
+    from safetensors import SafetensorError
+
+    try:
+        state = load_file(str(path / "model.safetensors"), device="cpu")
+    except (SafetensorError, OSError) as exc:  # a file cut short, or not safetensors at all
+        raise ValueError(f"{path / 'model.safetensors'}: unreadable weights: {exc}") from exc
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise ValueError(
@@ -263,7 +286,8 @@ class LAPAPolicy:
         beside the directory (``onnx_cache_path``), exported there atomically on first use and
         again whenever the policy's weights change. ``threads``: ONNX Runtime's intra-op threads
         (default: torch's). Raises ValueError for an unknown backend, a graph exported from other
-        weights, or a ``dtype`` with the ONNX backend; FileNotFoundError for missing files.
+        weights, a ``dtype`` with the ONNX backend, unreadable weights or a config without a setting
+        it needs (each naming the file and key); FileNotFoundError for missing files.
         """
         from transformers import AutoTokenizer
 
