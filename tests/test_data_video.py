@@ -144,3 +144,36 @@ def test_pairs_hold_only_the_frames_they_still_need(offset_s):
     assert all(p["json"]["frame_index_t1"] - p["json"]["frame_index"] == step for p in pairs)
     with pytest.raises(ValueError, match="presentation order"):
         maker.push(PairFrame(1, 0.1, b"", None))
+
+
+def test_a_video_cut_short_is_an_error_or_a_counted_skip_never_fewer_frames(tmp_path):
+    import av
+
+    rng = np.random.default_rng(0)
+    frames = rng.integers(0, 256, (26, 48, 64, 3), dtype=np.uint8)  # noise: every packet is large
+    full = tmp_path / "full.mp4"
+    with av.open(str(full), "w", options={"movflags": "faststart"}) as container:  # index first
+        stream = container.add_stream("libx264", rate=10)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        for image in frames:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
+        container.mux(stream.encode())
+    with VideoReader(str(full)) as reader:
+        assert sum(1 for _ in reader.frames()) == 26
+    cut_dir = tmp_path / "videos"
+    cut_dir.mkdir()
+    cut = cut_dir / "cut.mp4"
+    data = full.read_bytes()
+    cut.write_bytes(data[: int(len(data) * 0.8)])  # ends inside a packet, as a broken copy does
+    with (
+        VideoReader(str(cut)) as reader,
+        pytest.raises(ValueError, match=rf"{cut}: the video data is cut short"),
+    ):
+        list(reader.frames())
+    with pytest.raises(ValueError, match="cut short"):
+        build_shards("pairs", [str(cut_dir)], tmp_path / "raise", _cfg(), progress=False)
+    (cut_dir / "whole.mp4").write_bytes(data)
+    build_shards("pairs", [str(cut_dir)], tmp_path / "skip", _cfg(on_error="skip"), progress=False)
+    info = json.loads((tmp_path / "skip" / "info.json").read_text())
+    assert info["skipped"] == 1
+    assert {s["__key__"].split("-")[0] for s in _samples(tmp_path / "skip")} == {"whole"}

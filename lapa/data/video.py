@@ -51,8 +51,8 @@ def display_matrix(frame) -> np.ndarray | None:
 class VideoReader:
     """A video file opened with PyAV; iterate ``frames()`` for ``DecodedFrame``s in presentation order.
 
-    Errors name the file: ValueError when it cannot be opened or decoded, FileNotFoundError when
-    it does not exist.
+    Errors name the file: ValueError when it cannot be opened or decoded or its data is cut short
+    (a packet the demuxer reads incomplete), FileNotFoundError when it does not exist.
     """
 
     def __init__(self, path: str) -> None:
@@ -84,7 +84,7 @@ class VideoReader:
         rotation: int | None = None
         matrix: np.ndarray | None = None
         try:
-            for frame in self.container.decode(self.stream):
+            for frame in self._decoded():
                 angle = getattr(frame, "rotation", 0)
                 if angle != rotation:
                     rotation, matrix = angle, display_matrix(frame)
@@ -101,6 +101,19 @@ class VideoReader:
                 yield DecodedFrame(i, t, duration, frame, matrix)
         except av.error.FFmpegError as exc:
             raise ValueError(f"{self.path}: cannot decode video after {self.decoded} frames: {exc}") from exc
+
+    def _decoded(self):
+        """PyAV frames in presentation order. A packet the demuxer reads short (a file cut off inside
+        it) is an error: the threaded decoder would otherwise drop the frames around it without a
+        word and the video would just end early."""
+        for packet in self.container.demux(self.stream):
+            if packet.is_corrupt:
+                at = f" at {float(packet.pts * packet.time_base):.3f} s" if packet.pts is not None else ""
+                raise ValueError(
+                    f"{self.path}: the video data is cut short or corrupt{at} after {self.decoded} "
+                    "decoded frames (an incomplete copy or download?)"
+                )
+            yield from packet.decode()
 
     def close(self) -> None:
         self.container.close()
