@@ -273,6 +273,18 @@ def test_load_laq_errors_name_the_file(tmp_path):
         load_laq(other)
 
 
+def test_a_checkpoint_with_other_objects_is_refused_without_advice_to_unpickle_it(tmp_path):
+    from fractions import Fraction
+
+    odd = tmp_path / "odd.ckpt"
+    torch.save({"state_dict": {}, "hyper_parameters": {"lr": Fraction(1, 2)}}, odd)
+    with pytest.raises(ValueError) as err:
+        load_laq(odd)
+    text = str(err.value)
+    assert text.startswith(f"{odd}: not a readable checkpoint: it holds more than tensors and plain values")
+    assert "fractions.Fraction" in text and "weights_only" not in text and "\n" not in text
+
+
 def test_load_laq_rejects_mismatched_weights(tmp_path):
     from lapa.laq.model import LAQModel
 

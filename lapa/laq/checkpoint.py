@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 
 import torch
@@ -16,6 +17,14 @@ def load_laq(path, map_location="cpu") -> LAQModel:
         raise FileNotFoundError(f"LAQ checkpoint not found: {path}")
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        # torch's message suggests weights_only=False, which would run whatever the file holds
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        detail = next((line for line in lines if "WeightsUnpickler error" in line), lines[0] if lines else "")
+        raise ValueError(
+            f"{path}: not a readable checkpoint: it holds more than tensors and plain values, and "
+            f"nothing else is unpickled ({detail})"
+        ) from exc
     except Exception as exc:
         raise ValueError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {exc})") from exc
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
