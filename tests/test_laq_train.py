@@ -281,8 +281,14 @@ def test_a_checkpoint_with_other_objects_is_refused_without_advice_to_unpickle_i
     with pytest.raises(ValueError) as err:
         load_laq(odd)
     text = str(err.value)
-    assert text.startswith(f"{odd}: not a readable checkpoint: it holds more than tensors and plain values")
+    assert text.startswith(f"{odd}: not a readable checkpoint: not a file of tensors and plain values")
     assert "fractions.Fraction" in text and "weights_only" not in text and "\n" not in text
+    noise = tmp_path / "noise.ckpt"
+    noise.write_bytes(b"\x80\x02" + bytes(range(160, 256)) * 8)  # a pickle header, then noise
+    with pytest.raises(ValueError) as err:
+        load_laq(noise)
+    assert str(err.value).startswith(f"{noise}: not a readable checkpoint")
+    assert "weights_only" not in str(err.value) and "\n" not in str(err.value)
 
 
 def test_load_laq_rejects_mismatched_weights(tmp_path):

@@ -18,12 +18,14 @@ def load_laq(path, map_location="cpu") -> LAQModel:
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
-        # torch's message suggests weights_only=False, which would run whatever the file holds
-        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-        detail = next((line for line in lines if "WeightsUnpickler error" in line), lines[0] if lines else "")
+        # torch's message suggests weights_only=False, which would run whatever the file holds;
+        # keep only what it found ("Unsupported global: ...", "Unsupported operand ...")
+        text = str(exc)
+        found = text.partition("WeightsUnpickler error:")[2].split("Check the documentation")[0]
+        detail = " ".join(found.split()) or " ".join(text.split("\n", 1)[0].split())
         raise ValueError(
-            f"{path}: not a readable checkpoint: it holds more than tensors and plain values, and "
-            f"nothing else is unpickled ({detail})"
+            f"{path}: not a readable checkpoint: not a file of tensors and plain values, the only "
+            f"kind loaded ({detail})"
         ) from exc
     except Exception as exc:
         raise ValueError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {exc})") from exc
