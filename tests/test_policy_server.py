@@ -118,6 +118,33 @@ def test_bad_requests_get_4xx_with_a_message(served, case):
     assert isinstance(r.json()["detail"], str) and r.json()["detail"]
 
 
+def _png_header(width: int, height: int) -> bytes:
+    """A PNG signature and IHDR claiming ``width`` x ``height`` RGB pixels, then IEND: no pixel data."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b"")
+
+
+def test_image_errors_say_what_is_wrong_in_words():
+    from lapa.policy.server import RequestError, decode_image
+
+    with pytest.raises(RequestError) as err:  # beyond Pillow's own decompression-bomb cap
+        decode_image(_png_header(20000, 20000), LIMITS)
+    assert (
+        err.value.status == 413
+        and f"exceeds the limit of {LIMITS.max_image_pixels} pixels" in err.value.message
+    )
+    with pytest.raises(RequestError) as err:
+        decode_image(b"hello, not a jpeg", LIMITS)
+    assert err.value.status == 400 and "not JPEG or PNG data" in err.value.message
+    assert "BytesIO" not in err.value.message
+
+
 def test_still_serving_after_bad_requests(served):
     _, client = served
     client.post("/act", content=b"{", headers={"content-type": "application/json"})

@@ -79,7 +79,13 @@ def decode_image(data: bytes, limits: ServeConfig) -> np.ndarray:
         )
     try:
         img = Image.open(io.BytesIO(data))  # reads the header only
-    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
+    except Image.DecompressionBombError as exc:  # Pillow's own cap, far above any serve limit
+        raise RequestError(
+            413, f"image exceeds the limit of {limits.max_image_pixels} pixels (Pillow: {exc})"
+        ) from exc
+    except UnidentifiedImageError as exc:  # its message names only an in-memory buffer
+        raise RequestError(400, "the image bytes are not a readable image (not JPEG or PNG data)") from exc
+    except OSError as exc:
         raise RequestError(400, f"the image bytes are not a readable image: {exc}") from exc
     if img.format not in ("JPEG", "PNG"):
         raise RequestError(415, f"unsupported image format {img.format}; send JPEG or PNG")
