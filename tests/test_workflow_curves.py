@@ -95,6 +95,14 @@ def test_loss_curves_name_what_is_missing(tmp_path):
     with pytest.raises(ValueError, match="cannot read CSV log .*bad/metrics.csv"):
         plot_loss_curves({"laq": tmp_path / "bad"}, tmp_path / "out")
     assert not (tmp_path / "out").exists()  # nothing half-written
+    write_log(tmp_path / "text" / "metrics.csv", ["0,1,0.9,", "0,2,abc,"])
+    with pytest.raises(
+        ValueError,
+        match=r"text/metrics\.csv: column 'train/loss' holds 1 value\(s\) that are not numbers "
+        r"\(first 'abc', row 3",
+    ):
+        plot_loss_curves({"laq": tmp_path / "text"}, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
 
 
 def test_plot_curves_command(tmp_path):

@@ -18,7 +18,8 @@ def loss_tables(source: str | Path) -> list[tuple[Path, object, list[str]]]:
     Returns ``(path, DataFrame, loss columns)`` per file that has a ``step`` column and at least
     one loss column, sorted by path; other CSV files are passed over. Raises
     ``FileNotFoundError`` if ``source`` does not exist and ``ValueError`` naming the file if a
-    CSV cannot be parsed (a half-written log is reported, not skipped silently).
+    CSV cannot be parsed or its step or a loss column holds text that is not a number (a
+    half-written or corrupted log is reported, not drawn or skipped silently).
     """
     import pandas as pd
 
@@ -37,6 +38,14 @@ def loss_tables(source: str | Path) -> list[tuple[Path, object, list[str]]]:
             raise ValueError(f"cannot read CSV log {path}: {exc}") from exc
         losses = [c for c in frame.columns if "loss" in str(c).lower()]
         if "step" in frame.columns and losses:
+            for column in ["step", *losses]:  # empty cells are NaN; anything else must be a number
+                values = pd.to_numeric(frame[column], errors="coerce")
+                bad = frame[column][values.isna() & frame[column].notna()]
+                if len(bad):
+                    raise ValueError(
+                        f"{path}: column {column!r} holds {len(bad)} value(s) that are not numbers "
+                        f"(first {bad.iloc[0]!r}, row {int(bad.index[0]) + 2} of the file)"
+                    )
             tables.append((path, frame, losses))
     return tables
 
