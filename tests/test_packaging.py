@@ -38,3 +38,14 @@ def test_help_lists_every_stage_command():
     ]  # fmt: skip
     missing = [c for c in commands if f"    {c}" not in out]
     assert not missing, f"lapa --help lacks {missing}"
+
+
+def test_every_stage_command_says_what_it_does_in_its_help():
+    import argparse
+
+    from lapa.commands import build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    bare = [name for name, p in sub.choices.items() if not p.description]
+    assert not bare, f"lapa COMMAND --help without a description: {bare}"

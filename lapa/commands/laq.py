@@ -30,7 +30,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_config_arguments(p)
     p.set_defaults(func=run_train)
 
-    p = sub.add_parser("label", help="label frame-pair shards with latent actions (or binned true actions)")
+    p = sub.add_parser(
+        "label",
+        help="label frame-pair shards with latent actions (or binned true actions)",
+        description="Label every frame pair with the LAQ's latent codes of (t, t+k) (--targets laq) or with "
+        "the binned true action (--targets actions, the action-pretrained arm). Reads: frame-pair shards, "
+        "the LAQ checkpoint or the action statistics. Writes: labelled shards in --out (train/, val/, "
+        "info.json) and label_report.json (code histograms, code-action diagnostics, action source).",
+    )
     p.add_argument("--shards", required=True, help="frame-pair shard directory")
     p.add_argument("--out", required=True, help="output labelled shard directory")
     p.add_argument("--checkpoint", default=None, help="LAQ checkpoint (targets=laq)")
