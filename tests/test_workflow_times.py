@@ -72,3 +72,13 @@ def test_bad_inputs_are_named(tmp_path, capsys):
         read_job(bad)
     assert main([str(tmp_path)]) == 2
     assert "broken.tsv" in capsys.readouterr().err
+    nonnumeric = tmp_path / "odd" / "train_laq.tsv"
+    nonnumeric.parent.mkdir()
+    nonnumeric.write_text("s\th:m:s\tmax_rss\tcpu_time\n12.5\t0:00:12\tabc\t3.0\n")
+    with pytest.raises(ValueError, match=r"train_laq.tsv: line 2, column max_rss: 'abc' is not a number"):
+        read_job(nonnumeric)
+    na = tmp_path / "na" / "train_laq.tsv"
+    na.parent.mkdir()
+    na.write_text("s\th:m:s\tmax_rss\tcpu_time\n12.5\t0:00:12\tNA\t3.0\n")
+    job = read_job(na)
+    assert (job.wall_s, job.cpu_s, job.max_rss_mb) == (12.5, 3.0, 0.0)

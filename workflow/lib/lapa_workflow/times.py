@@ -77,7 +77,7 @@ def read_job(path: Path) -> JobTime:
     """One Snakemake benchmark file -> ``JobTime`` (the mean over its repeats).
 
     Raises ``ValueError`` naming the file when it lacks the ``s``, ``cpu_time`` or ``max_rss``
-    columns or holds no row."""
+    columns, holds no row, or holds a value that is neither a number nor Snakemake's ``NA``."""
     with open(path, newline="") as f:
         rows = list(csv.DictReader(f, delimiter="\t"))
     if not rows or not {"s", "cpu_time", "max_rss"} <= set(rows[0]):
@@ -85,11 +85,14 @@ def read_job(path: Path) -> JobTime:
 
     def mean(key: str) -> float:
         vals = []
-        for r in rows:
-            try:
-                vals.append(float(r[key]))
-            except (TypeError, ValueError):  # Snakemake writes NA when it could not measure
+        for i, r in enumerate(rows, start=2):
+            value = (r.get(key) or "").strip()
+            if value in ("", "NA", "-"):  # Snakemake writes NA when it could not measure
                 continue
+            try:
+                vals.append(float(value))
+            except ValueError:
+                raise ValueError(f"{path}: line {i}, column {key}: {value!r} is not a number") from None
         return sum(vals) / len(vals) if vals else 0.0
 
     return JobTime(path.stem, rule_of(path.stem), mean("s"), mean("cpu_time"), mean("max_rss"))
