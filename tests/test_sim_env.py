@@ -37,6 +37,23 @@ def test_instructions_cover_every_task():
         instruction_for("no-such-task")
 
 
+def test_an_unknown_task_is_a_one_line_command_error(tmp_path):
+    """`lapa rollouts` with a task Meta-World does not have exits 1 naming the key and the task."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "lapa", "rollouts", "--split", "demos", "--out", str(tmp_path / "r")]
+        + ["-c", "tiny", "sim.tasks=[nosuch-v3]"],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 1, proc.stderr
+    assert "sim.tasks: no Meta-World task 'nosuch-v3'; known: " in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "r").exists()
+
+
 def test_reset_is_seeded():
     with MetaWorldEnv("push-v3", camera="zoom", image_size=32) as env:
         a_img, a_obs = env.reset(seed=7)

@@ -64,13 +64,22 @@ INSTRUCTIONS: dict[str, str] = {
 _TASK_OF = {sentence: task for task, sentence in INSTRUCTIONS.items()}
 
 
+class UnknownTaskError(KeyError, ValueError):
+    """A task name Meta-World does not know (a KeyError for lookups, a ValueError for commands,
+    which print it as a one-line error)."""
+
+    def __str__(self) -> str:  # KeyError would print the repr of the message
+        return str(self.args[0]) if self.args else ""
+
+
 def instruction_for(task: str) -> str:
-    """The instruction of ``task``; a KeyError names the task and the known ones."""
+    """The instruction of ``task``; ``UnknownTaskError`` (a KeyError and a ValueError) names the
+    task, the ``sim.tasks`` key and the known tasks."""
     try:
         return INSTRUCTIONS[task]
     except KeyError:
-        raise KeyError(
-            f"no instruction for Meta-World task {task!r}; known: {', '.join(sorted(INSTRUCTIONS))}"
+        raise UnknownTaskError(
+            f"sim.tasks: no Meta-World task {task!r}; known: {', '.join(sorted(INSTRUCTIONS))}"
         ) from None
 
 
