@@ -360,3 +360,25 @@ def test_a_port_out_of_range_is_refused_at_start(tmp_path, capsys, port):
         main(["serve", "--policy", str(tmp_path / "no-policy"), "--port", port])
     assert exc.value.code == 1
     assert f"serve.port (--port) must be in [1, 65535], got {port}" in capsys.readouterr().err
+
+
+def test_a_port_in_use_is_refused_at_start_with_host_and_port(tmp_path):
+    import socket
+    import subprocess
+    import sys
+
+    cfg = tiny_config()
+    policy_dir = make_untrained_policy(cfg, make_tiny_inputs(tmp_path, cfg), tmp_path / "policy")
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        proc = subprocess.run(
+            [sys.executable, "-m", "lapa", "serve", "--policy", str(policy_dir), "--port", str(port)],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+    assert proc.returncode == 1, proc.stderr
+    assert f"lapa serve: error: cannot listen on 127.0.0.1:{port}: address already in use" in proc.stderr
+    assert "serving" not in proc.stdout + proc.stderr

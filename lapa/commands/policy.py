@@ -58,7 +58,7 @@ def run_serve(args: argparse.Namespace) -> int:
     from omegaconf import OmegaConf
 
     from lapa.policy.policy import LAPAPolicy
-    from lapa.policy.server import serve
+    from lapa.policy.server import listen_socket, serve
 
     cfg = load_config_from_args(args)
     limits = OmegaConf.to_object(cfg.serve)
@@ -72,13 +72,18 @@ def run_serve(args: argparse.Namespace) -> int:
         raise ValueError(f"serve.threads must be >= 1, got {limits.threads}")
     if not 1 <= int(limits.port) <= 65535:
         raise ValueError(f"serve.port (--port) must be in [1, 65535], got {limits.port}")
-    import torch
+    sock = listen_socket(limits.host, int(limits.port))  # a taken port fails before the policy loads
+    try:
+        import torch
 
-    torch.set_num_threads(limits.threads)
-    policy = LAPAPolicy.from_pretrained(
-        args.policy, device=device_from_args(args), backend=limits.backend, threads=limits.threads
-    )
-    serve(policy, limits, name=str(args.policy))
+        torch.set_num_threads(limits.threads)
+        policy = LAPAPolicy.from_pretrained(
+            args.policy, device=device_from_args(args), backend=limits.backend, threads=limits.threads
+        )
+    except BaseException:
+        sock.close()
+        raise
+    serve(policy, limits, name=str(args.policy), sock=sock)
     return 0
 
 

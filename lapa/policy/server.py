@@ -420,10 +420,38 @@ def running_server(
             batcher.close()
 
 
-def serve(policy: Policy, limits: ServeConfig, name: str = "lapa-policy") -> None:
-    """Serve until interrupted (the ``lapa serve`` command)."""
+class ListenError(OSError, ValueError):
+    """The server cannot listen on the address it was given (port taken, host not local, no
+    permission); a ``ValueError`` too, so ``lapa serve`` prints it as a one-line error."""
+
+
+def listen_socket(host: str, port: int) -> socket.socket:
+    """A TCP socket bound to ``host:port`` (IPv6 when ``host`` has a ``:``), as uvicorn binds one
+    (``SO_REUSEADDR``); the server listens on it. Raises ``ListenError``
+    ("cannot listen on HOST:PORT: address already in use") when the bind fails."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        reason = exc.strerror or str(exc)
+        reason = reason[:1].lower() + reason[1:]
+        raise ListenError(f"cannot listen on {host}:{port}: {reason}") from exc
+    sock.set_inheritable(True)
+    return sock
+
+
+def serve(
+    policy: Policy, limits: ServeConfig, name: str = "lapa-policy", sock: socket.socket | None = None
+) -> None:
+    """Serve until interrupted (the ``lapa serve`` command), on ``sock`` when given (from
+    ``listen_socket``, bound before the policy is loaded) else on a socket bound to
+    ``limits.host:limits.port`` now. Raises ``ListenError`` when that address cannot be bound."""
     import uvicorn
 
+    sock = sock or listen_socket(limits.host, limits.port)
     app = create_app(policy, limits, name=name)
     log.info(
         "serving %s on http://%s:%d (POST /act, GET /health; batches of up to %d, backend %s)",
@@ -433,7 +461,11 @@ def serve(policy: Policy, limits: ServeConfig, name: str = "lapa-policy") -> Non
         limits.max_batch_size,
         getattr(policy, "backend", "torch"),
     )
+    server = uvicorn.Server(uvicorn.Config(app, host=limits.host, port=limits.port, log_level="info"))
     try:
-        uvicorn.run(app, host=limits.host, port=limits.port, log_level="info")
+        server.run(sockets=[sock])
+    except KeyboardInterrupt:  # Ctrl-C ends the server quietly, as under uvicorn.run
+        pass
     finally:
+        sock.close()
         app.state.batcher.close()
