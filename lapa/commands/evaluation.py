@@ -11,11 +11,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "eval-offline",
         help="action MSE and bin accuracy of a policy on held-out demonstration shards",
-        description="Predict actions on the val split of demonstration shards. Reads: policy directory, "
-        "demonstration shards. Writes: metrics.json and actions.png in the output directory.",
+        description="Predict actions on one split of demonstration shards (--split, default val). "
+        "Reads: policy directory, demonstration shards. "
+        "Writes: metrics.json and actions.png in the output directory.",
     )
     p.add_argument("--policy", required=True, help="policy directory (lapa finetune)")
-    p.add_argument("--shards", required=True, help="demonstration shard directory (its val/ split is used)")
+    p.add_argument(
+        "--shards", required=True, help="demonstration shard directory (the --split subfolder is read)"
+    )
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--split", default="val", help="which split to evaluate (default: val)")
     add_config_arguments(p)
