@@ -113,6 +113,21 @@ def _load(*overrides: str):
         ("finetune.training.betas=[0.9,1.5]", "finetune.training.betas must be two numbers in [0, 1)"),
         ("workflow.arms=[lapa,pretrained]", "workflow.arms must be a non-empty list of 'lapa', 'scratch'"),
         ("workflow.finetune_seeds=[]", "workflow.finetune_seeds must be a non-empty list of integers >= 0"),
+        (
+            "workflow.finetune_seeds=[0,0]",
+            "workflow.finetune_seeds must be a non-empty list of integers >= 0 without repeats, "
+            "got [0, 0]: 0 repeated",
+        ),
+        (
+            "workflow.finetune_seeds=[2,1,2,3,1]",
+            "workflow.finetune_seeds must be a non-empty list of integers >= 0 without repeats, "
+            "got [2, 1, 2, 3, 1]: 2, 1 repeated",
+        ),
+        (
+            "workflow.arms=[lapa,scratch,lapa]",
+            "workflow.arms must be a non-empty list of 'lapa', 'scratch', 'action_pretrained' without "
+            "repeats, got ['lapa', 'scratch', 'lapa']: 'lapa' repeated",
+        ),
         ("seed=-1", "seed must be >= 0, got -1"),
     ],
 )
@@ -225,3 +240,9 @@ def test_a_section_given_a_value_in_a_file_names_the_file_and_key(tmp_path):
     bad.write_text("sim:\n  tasks: {reach: 1}\n")
     with pytest.raises(ConfigError, match=rf"{bad}: 'sim\.tasks' must be a list"):
         load_config("bad", configs_root=root)
+
+
+def test_distinct_seeds_and_arms_load_in_the_order_given():
+    cfg = _load("workflow.finetune_seeds=[3,1,0]", "workflow.arms=[scratch,lapa]")
+    assert list(cfg.workflow.finetune_seeds) == [3, 1, 0]
+    assert list(cfg.workflow.arms) == ["scratch", "lapa"]

@@ -9,7 +9,9 @@ A field states what it allows in its metadata::
 and a section may relate two of its fields (``ORDERS``, a ``ClassVar`` of ``Order``). OmegaConf
 already refuses unknown keys and values of the wrong type; ``validate`` checks these constraints
 on the composed config and raises one ``ValueError`` listing every value that breaks one, each as
-``<key> must be <allowed>, got <value> (<where it was set>)`` (one per line when several).
+``<key> must be <allowed>, got <value> (<where it was set>)``, with ``: <what is wrong>`` after
+the value where the check says (``each(..., unique=True)`` names the repeated items), one per line
+when several.
 
 ``None`` passes every check: an optional field's None means "unset" (its documented fallback).
 A subclass that redeclares a field only to change its default (``finetune.training.max_steps``)
@@ -31,10 +33,13 @@ CHECK = "lapa.check"  # the metadata key holding a field's Check
 
 @dataclass(frozen=True)
 class Check:
-    """``test(value) -> bool`` for a non-None value; ``allowed`` completes "<key> must be ..."."""
+    """``test(value) -> bool`` for a non-None value; ``allowed`` completes "<key> must be ...";
+    ``detail(value)``, when given, says what is wrong with a refused value (appended after "got
+    <value>" when not empty)."""
 
     test: Callable[[Any], bool]
     allowed: str
+    detail: Callable[[Any], str] | None = None
 
 
 @dataclass(frozen=True)
@@ -86,15 +91,33 @@ def one_of(*choices: str) -> dict:
     return satisfies(lambda v: v in choices, f"one of {', '.join(map(repr, choices))}")
 
 
-def each(inner: dict, allowed: str, *, nonempty: bool = False) -> dict:
-    """A list whose every item passes ``inner`` (and, with ``nonempty``, at least one item)."""
+def _repeated(items: Sequence[Any]) -> list[Any]:
+    """The items of ``items`` found more than once, in order of first repeat."""
+    seen: list[Any] = []
+    out: list[Any] = []
+    for x in items:
+        if x in seen and x not in out:
+            out.append(x)
+        seen.append(x)
+    return out
+
+
+def each(inner: dict, allowed: str, *, nonempty: bool = False, unique: bool = False) -> dict:
+    """A list whose every item passes ``inner`` (and, with ``nonempty``, at least one item; with
+    ``unique``, no item twice: a refusal then names the repeated items)."""
     check: Check = inner[CHECK]
 
     def test(v: Any) -> bool:
         items = list(v)
+        if unique and _repeated(items):
+            return False
         return (bool(items) or not nonempty) and all(x is not None and check.test(x) for x in items)
 
-    return satisfies(test, allowed)
+    def detail(v: Any) -> str:
+        repeated = _repeated(list(v)) if unique else []
+        return f"{', '.join(map(repr, repeated))} repeated" if repeated else ""
+
+    return {CHECK: Check(test, allowed, detail)}
 
 
 def field_check(cls: type, name: str) -> Check | None:
@@ -144,7 +167,9 @@ def violations(node: DictConfig, prefix: str = "") -> list[tuple[tuple[str, ...]
         check = field_check(cls, str(name))
         value = node[name]
         if check is not None and value is not None and not check.test(value):
-            out.append(((key,), f"{key} must be {check.allowed}, got {_plain(value)!r}"))
+            message = f"{key} must be {check.allowed}, got {_plain(value)!r}"
+            detail = check.detail(_plain(value)) if check.detail is not None else ""
+            out.append(((key,), f"{message}: {detail}" if detail else message))
     if is_section:
         for order in getattr(cls, "ORDERS", ()):
             low, high = node.get(order.low), node.get(order.high)

@@ -50,7 +50,12 @@ class WorkflowConfig:
 
     arms: list[str] = field(  # lapa | scratch | action_pretrained
         default_factory=lambda: ["lapa"],
-        metadata=each(one_of(*ARMS), f"a non-empty list of {', '.join(map(repr, ARMS))}", nonempty=True),
+        metadata=each(
+            one_of(*ARMS),
+            f"a non-empty list of {', '.join(map(repr, ARMS))} without repeats",
+            nonempty=True,
+            unique=True,
+        ),
     )
     eval_sim: bool = True  # closed-loop evaluation in the simulator (needs the 'sim' extra)
     # Finetuning seeds, the same for every arm: each gives policy/<arm>/seed<N> (finetuned with
@@ -58,5 +63,7 @@ class WorkflowConfig:
     # all on the same closed-loop evaluation seeds. Adding a seed builds only that seed's jobs.
     finetune_seeds: list[int] = field(
         default_factory=lambda: [0],
-        metadata=each(at_least(0), "a non-empty list of integers >= 0", nonempty=True),
+        metadata=each(
+            at_least(0), "a non-empty list of integers >= 0 without repeats", nonempty=True, unique=True
+        ),
     )
