@@ -222,7 +222,8 @@ def experiment(name: str, *overrides: str):
 def test_finetuning_seeds_must_be_distinct_non_negative_integers():
     assert experiment("tiny").finetune_seeds == [0]  # the quick experiments keep one seed
     assert experiment("tiny", "workflow.finetune_seeds=[3,1]").finetune_seeds == [3, 1]
-    with pytest.raises(ValueError, match=r"tiny.yaml: workflow.finetune_seeds \[1, 1\] names a seed twice"):
+    repeated = r"workflow.finetune_seeds must be .* without repeats, got \[1, 1\]: 1 repeated"
+    with pytest.raises(ValueError, match=repeated):
         experiment("tiny", "workflow.finetune_seeds=[1,1]")
     for bad in ("[]", "[-1]"):
         with pytest.raises(ValueError, match="workflow.finetune_seeds .* non-empty list of integers >= 0"):
